@@ -1,0 +1,17 @@
+"""cosihost: a COSI-style controller host for devices.
+
+The public face is small: resources, the state API and its errors, the
+controller declaration classes, and the wire client. Everything else
+(supervisor, worker, wire encoding) is internal.
+"""
+
+from .errors import (AccessDeniedError, ConflictError, CosiError, InvalidRequestError, NotFoundError,
+                     OverrunError, OwnerConflictError, PhaseConflictError, UnavailableError)
+from .resource import Metadata, Resource
+from .state import Event, InMemoryState
+
+__all__ = [
+    "Resource", "Metadata", "Event", "InMemoryState",
+    "CosiError", "NotFoundError", "ConflictError", "OwnerConflictError", "PhaseConflictError",
+    "AccessDeniedError", "InvalidRequestError", "OverrunError", "UnavailableError",
+]

@@ -1,0 +1,168 @@
+"""Events, and the bounded per-kind history that watchers read from.
+
+Every kind (namespace, type) numbers its changes 1, 2, 3, ... and keeps the
+last N of them. A watcher is a cursor into that numbering, so a watcher that
+falls behind is detected exactly (its next number is no longer kept) and is
+told so with an ``error`` event instead of silently skipping anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from ..resource import Resource, unpack
+
+CREATED = "created"
+UPDATED = "updated"
+DESTROYED = "destroyed"
+BOOTSTRAPPED = "bootstrapped"
+ERROR = "error"
+
+
+@dataclasses.dataclass
+class Event:
+    """One change seen by a watcher.
+
+    ``resource`` is the resource after the change (for ``destroyed``: as it
+    was when destroyed); ``old`` is the previous state for ``updated``;
+    ``bookmark`` resumes a ``watch_kind`` right after this event; ``error``
+    says what went wrong for an ``error`` event.
+    """
+
+    kind: str
+    resource: Resource | None = None
+    old: Resource | None = None
+    bookmark: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A change as the history keeps it: packed blobs, decoded per reader."""
+
+    seq: int
+    kind: str
+    id: str
+    blob: bytes
+    old: bytes | None
+
+
+def make_bookmark(epoch: str, seq: int) -> str:
+    return f"{epoch}:{seq}"
+
+
+def parse_bookmark(bookmark: Any) -> tuple[str, int] | None:
+    if not isinstance(bookmark, str) or ":" not in bookmark:
+        return None
+    epoch, _, seq = bookmark.rpartition(":")
+    try:
+        return epoch, int(seq)
+    except ValueError:
+        return None
+
+
+class History:
+    """The last ``size`` records of one kind, with a condition to wait on."""
+
+    def __init__(self, size: int, cond: threading.Condition) -> None:
+        self.records: collections.deque[Record] = collections.deque(maxlen=size)
+        self.seq = 0
+        self.cond = cond
+
+    def append(self, kind: str, rid: str, blob: bytes, old: bytes | None) -> Record:
+        self.seq += 1
+        record = Record(self.seq, kind, rid, blob, old)
+        self.records.append(record)
+        self.cond.notify_all()
+        return record
+
+    def since(self, seq: int) -> list[Record] | None:
+        """Records after ``seq``; None when some of them are no longer kept."""
+        if seq >= self.seq:
+            return []
+        first = self.records[0].seq if self.records else self.seq + 1
+        if seq + 1 < first:
+            return None
+        start = seq + 1 - first
+        return [self.records[i] for i in range(start, len(self.records))]
+
+
+Translate = Callable[[Record], list[Event]]
+
+
+class Watch:
+    """An iterator of events, live from the moment it was created.
+
+    Iterate it (blocking), or call :meth:`next` with a timeout. An ``error``
+    event (overrun, bad bookmark) is the last event a watch yields.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        cursor: int,
+        translate: Translate,
+        *,
+        pending: list[Event] | None = None,
+    ) -> None:
+        self._history = history
+        self._cursor = cursor
+        self._translate = translate
+        self._pending: collections.deque[Event] = collections.deque(pending or ())
+        self._closed = False
+        self._done = False
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.next()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._history.cond:
+            self._closed = True
+            self._history.cond.notify_all()
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event; None on timeout or once the watch has ended."""
+        cond = self._history.cond
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with cond:
+            while not self._pending:
+                if self._closed or self._done:
+                    return None
+                records = self._history.since(self._cursor)
+                if records is None:
+                    self._done = True
+                    return Event(ERROR, error="overrun: the watcher fell behind the "
+                                 "bounded history; resync with a new watch")
+                for record in records:
+                    self._cursor = record.seq
+                    self._pending.extend(self._translate(record))
+                if self._pending:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                cond.wait(remaining)
+            event = self._pending.popleft()
+            if event.kind == ERROR:
+                self._done = True
+            return event
+
+
+def decode(blob: bytes | None) -> Resource | None:
+    return None if blob is None else unpack(blob)
