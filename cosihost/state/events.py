@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from ..resource import Resource, unpack
+from ..selectors import Query
 
 CREATED = "created"
 UPDATED = "updated"
@@ -166,3 +167,29 @@ class Watch:
 
 def decode(blob: bytes | None) -> Resource | None:
     return None if blob is None else unpack(blob)
+
+
+def kind_translator(query: Query, bookmark: Callable[[int], str]) -> Translate:
+    """Turn records into a kind watcher's events under a label query: a
+    resource that starts matching appears ``created``, one that stops
+    matching ``destroyed``, and changes outside the query are dropped."""
+
+    def translate(record: Record) -> list[Event]:
+        res, old = unpack(record.blob), decode(record.old)
+        mark = bookmark(record.seq)
+        if not query:
+            return [Event(record.kind, res, old, mark)]
+        now = record.kind != DESTROYED and query.matches(res.metadata.labels)
+        if record.kind == DESTROYED:
+            was = query.matches(res.metadata.labels)
+        else:
+            was = old is not None and query.matches(old.metadata.labels)
+        if record.kind == UPDATED and now and not was:
+            return [Event(CREATED, res, None, mark)]
+        if record.kind == UPDATED and was and not now:
+            return [Event(DESTROYED, res, old, mark)]
+        if now or was:
+            return [Event(record.kind, res, old, mark)]
+        return []
+
+    return translate

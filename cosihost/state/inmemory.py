@@ -20,7 +20,7 @@ from ..resource import (PHASE_RUNNING, PHASE_TEARING_DOWN, Resource, check_name,
                         check_strings, pack, unpack, validate)
 from ..selectors import Query, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
-                     Watch, decode, make_bookmark, parse_bookmark)
+                     Watch, decode, kind_translator, make_bookmark, parse_bookmark)
 from .persist import Store
 
 DEFAULT_HISTORY = 8192
@@ -351,7 +351,7 @@ class InMemoryState:
                 pending.append(Event(CREATED, res))
         if bootstrap:
             pending.append(Event(BOOTSTRAPPED, bookmark=self._bookmark(cursor)))
-        return Watch(coll.history, cursor, self._kind_translator(query), pending=pending)
+        return Watch(coll.history, cursor, kind_translator(query, self._bookmark), pending=pending)
 
     def _resume_cursor(self, since: Any, current: int) -> tuple[int, str | None]:
         parsed = parse_bookmark(since)
@@ -363,23 +363,3 @@ class InMemoryState:
         if seq > current or seq < 0:
             return current, f"bookmark {since} is ahead of the history; resync"
         return seq, None
-
-    def _kind_translator(self, query: Query) -> Callable[[Record], list[Event]]:
-        def translate(record: Record) -> list[Event]:
-            res, old = unpack(record.blob), decode(record.old)
-            bookmark = self._bookmark(record.seq)
-            if not query:
-                return [Event(record.kind, res, old, bookmark)]
-            now = record.kind != DESTROYED and query.matches(res.metadata.labels)
-            if record.kind == DESTROYED:
-                was = query.matches(res.metadata.labels)
-            else:
-                was = old is not None and query.matches(old.metadata.labels)
-            if record.kind == UPDATED and now and not was:
-                return [Event(CREATED, res, None, bookmark)]
-            if record.kind == UPDATED and was and not now:
-                return [Event(DESTROYED, res, old, bookmark)]
-            if now or was:
-                return [Event(record.kind, res, old, bookmark)]
-            return []
-        return translate
