@@ -174,6 +174,10 @@ class InMemoryState:
         with coll.cond:
             return coll.history.seq, [coll.items[k] for k in sorted(coll.items)]
 
+    def head(self, namespace: str, type: str) -> int:
+        """The kind's latest sequence number (0 before any change)."""
+        return self._collection(namespace, type).history.seq
+
     def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
         """Records after ``seq``, or None when history no longer has them all."""
         coll = self._collection(namespace, type)
