@@ -1,0 +1,43 @@
+"""The ``cosihost`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import logs
+from .errors import CosiError
+from .settings import Settings
+
+
+@click.group()
+def main() -> None:
+    """cosihost: a COSI-style controller host for devices."""
+
+
+@main.command()
+@click.option("--controllers", "controllers_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of controller modules (default: the bundled examples).")
+@click.option("--runtime-dir", type=click.Path(file_okay=False), default=None, envvar="COSIHOST_RUNTIME_DIR",
+              help="Folder for the sockets (created 0750).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for persistent namespaces.")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="TOML file: persistent namespaces, limits, timings.")
+def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | None, config: str | None) -> None:
+    """Run the supervisor in the foreground."""
+    from .supervisor import AlreadyRunning, Supervisor
+
+    logs.setup("supervisor")
+    try:
+        settings = Settings.build(controllers_dir=controllers_dir, runtime_dir=runtime_dir,
+                                  state_dir=state_dir, config=config)
+        try:
+            import setproctitle
+            setproctitle.setproctitle("cosihost: supervisor")
+        except ImportError:
+            pass
+        sys.exit(Supervisor(settings).run())
+    except (AlreadyRunning, CosiError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,289 @@
+"""``cosihost.Client``: the state API of a running supervisor, over the wire.
+
+Same verbs and signatures as :class:`cosihost.state.InMemoryState`, so code
+and tests move between the two unchanged. Each thread gets its own request
+socket (ZeroMQ sockets are not thread-safe); each watch gets its own
+subscriber and requester, so a watch may be iterated in any one thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import zmq
+
+from . import wire
+from .errors import (ConflictError, InvalidRequestError, NotFoundError, OverrunError, OwnerConflictError,
+                     UnavailableError)
+from .resource import Resource, pack, unpack, validate
+from .selectors import parse_query
+from .settings import default_runtime_dir
+from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, Record, decode,
+                           kind_translator, make_bookmark, parse_bookmark)
+from .transport import Requester, Subscriber, endpoint
+
+
+class Client:
+    """A client of the supervisor serving ``runtime_dir``.
+
+    ``admin=True`` authenticates with the runtime directory's admin token
+    (readable only by the supervisor's user), which may act as any owner.
+    """
+
+    def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.0,
+                 retries: int = 2, admin: bool = False) -> None:
+        self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+        self.timeout = timeout
+        self.retries = retries
+        self._token = ""
+        if admin:
+            try:
+                self._token = (self.runtime_dir / "admin.token").read_text().strip()
+            except OSError as exc:
+                raise UnavailableError(f"cannot read the admin token in {self.runtime_dir}: {exc.strerror}") from None
+        self._ctx = zmq.Context()
+        self._local = threading.local()
+        self._requesters: list[Requester] = []
+        self._lock = threading.Lock()
+
+    def requester(self, *, timeout: float | None = None, retries: int | None = None) -> Requester:
+        req = Requester(self._ctx, endpoint(self.runtime_dir, wire.API_SOCKET), token=self._token,
+                        timeout=self.timeout if timeout is None else timeout,
+                        retries=self.retries if retries is None else retries)
+        with self._lock:
+            self._requesters.append(req)
+        return req
+
+    def call(self, op: str, **args: Any) -> Any:
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self._local.req = self.requester()
+        return req.call(op, **args)
+
+    def close(self) -> None:
+        with self._lock:
+            for req in self._requesters:
+                req.close()
+            self._requesters.clear()
+        self._ctx.destroy(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads -------------------------------------------------------------------
+    def get(self, namespace: str, type: str, id: str) -> Resource:
+        return unpack(self.call("get", namespace=namespace, type=type, id=id))
+
+    def list(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
+             id_regex: str | None = None) -> list[Resource]:
+        parse_query(labels)  # fail here, with the same error as in process
+        blobs = self.call("list", namespace=namespace, type=type,
+                          labels=list(labels) if isinstance(labels, tuple) else labels, id_regex=id_regex)
+        return [unpack(b) for b in blobs]
+
+    # -- writes ------------------------------------------------------------------
+    def create(self, resource: Resource, *, owner: str = "") -> Resource:
+        reply = self.call("create", resource=validate(resource), owner=owner)
+        return unpack(reply["resource"])
+
+    def update(self, resource: Resource, *, owner: str = "",
+               expected_phase: str | None = "running") -> Resource:
+        reply = self.call("update", resource=validate(resource), owner=owner, expected_phase=expected_phase)
+        return unpack(reply["resource"])
+
+    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
+               owner: str = "") -> Resource:
+        while True:
+            try:
+                cur = self.get(namespace, type, id)
+            except NotFoundError:
+                spec: Any = {}
+                result = fn(spec)
+                try:
+                    return self.create(Resource(namespace, type, id, spec if result is None else result),
+                                       owner=owner)
+                except ConflictError as exc:
+                    if exc.__class__ is not ConflictError:
+                        raise
+                    continue
+            if cur.metadata.owner != owner and not self._token:
+                raise OwnerConflictError(
+                    f"cannot modify {namespace}/{type}/{id}: owned by {cur.metadata.owner!r}, not {owner!r}")
+            spec = unpack(pack(cur)).spec
+            result = fn(spec)
+            spec = spec if result is None else result
+            if spec == cur.spec:
+                return cur
+            cur.spec = spec
+            try:
+                return self.update(cur, owner=owner)
+            except ConflictError as exc:
+                if exc.__class__ is not ConflictError:
+                    raise
+
+    def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
+        self.call("destroy", namespace=namespace, type=type, id=id, owner=owner)
+
+    def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
+        return self.call("teardown", namespace=namespace, type=type, id=id, owner=owner)["ready"]
+
+    def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        reply = self.call("add_finalizer", namespace=namespace, type=type, id=id, finalizers=list(finalizers))
+        return unpack(reply["resource"])
+
+    def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        reply = self.call("remove_finalizer", namespace=namespace, type=type, id=id, finalizers=list(finalizers))
+        return unpack(reply["resource"])
+
+    # -- watches -----------------------------------------------------------------
+    def watch(self, namespace: str, type: str, id: str) -> "RemoteWatch":
+        return RemoteWatch(self, namespace, type, id=id)
+
+    def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
+                   labels: str | Sequence[str] | None = None, since: str | None = None) -> "RemoteWatch":
+        return RemoteWatch(self, namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+
+
+class RemoteWatch:
+    """A watch over the wire: subscribe (proven live), then snapshot or
+    history, then the live stream. Holes are filled from the supervisor's
+    history; a hole it no longer covers, or a restarted supervisor, ends the
+    watch with an ``error`` event, like an overrun in process."""
+
+    def __init__(self, client: Client, namespace: str, type: str, *, id: str | None = None,
+                 bootstrap: bool = False, labels: Any = None, since: str | None = None) -> None:
+        self._ns, self._type, self._id = namespace, type, id
+        self._query = parse_query(labels)
+        self._topic = wire.topic(namespace, type)
+        self._pending: collections.deque[Event] = collections.deque()
+        self._done = False
+        self._req = client.requester()
+        self._sub = Subscriber(client._ctx, endpoint(client.runtime_dir, wire.EVENTS_SOCKET))
+        try:
+            self._sub.subscribe(self._req, namespace, type)
+            self._start(bootstrap=bootstrap, since=since)
+        except BaseException:
+            self.close()
+            raise
+
+    def _mark(self, seq: int) -> str:
+        return make_bookmark(self._epoch, seq)
+
+    def _start(self, *, bootstrap: bool, since: str | None) -> None:
+        if self._id is not None or bootstrap:
+            snap = self._req.call("snapshot", namespace=self._ns, type=self._type, id=self._id)
+            self._epoch, self._cursor = snap["epoch"], snap["seq"]
+            items = [unpack(b) for b in snap["items"]]
+        else:
+            head = self._req.call("since", namespace=self._ns, type=self._type, seq=-1)
+            self._epoch, self._cursor, items = head["epoch"], head["seq"], []
+        if self._id is not None:
+            self._translate = self._one_translator()
+            first = items[0] if items else Resource(self._ns, self._type, self._id)
+            self._pending.append(Event(CREATED if items else DESTROYED, first, bookmark=self._mark(self._cursor)))
+            return
+        self._translate = kind_translator(self._query, self._mark)
+        if since is not None:
+            self._resume(since)
+        for res in items:
+            if self._query.matches(res.metadata.labels):
+                self._pending.append(Event(CREATED, res))
+        if bootstrap:
+            self._pending.append(Event(BOOTSTRAPPED, bookmark=self._mark(self._cursor)))
+
+    def _resume(self, since: str) -> None:
+        parsed = parse_bookmark(since)
+        if parsed is None:
+            raise InvalidRequestError(f"since: {since!r} is not a bookmark")
+        epoch, seq = parsed
+        if epoch != self._epoch or not 0 <= seq <= self._cursor:
+            self._fail("bookmark is from another epoch of the state, or ahead of it; resync")
+            return
+        self._cursor = seq
+        self._catch_up(None)
+
+    def _one_translator(self) -> Callable[[Record], list[Event]]:
+        def translate(record: Record) -> list[Event]:
+            if record.id != self._id:
+                return []
+            return [Event(record.kind, unpack(record.blob), decode(record.old), self._mark(record.seq))]
+        return translate
+
+    def _fail(self, why: str) -> None:
+        self._pending.append(Event(ERROR, error=why))
+        self._done = True
+
+    def _apply(self, record: Record) -> None:
+        self._cursor = record.seq
+        self._pending.extend(self._translate(record))
+
+    def _catch_up(self, upto: int | None) -> None:
+        """Apply history after the cursor (up to ``upto``), or fail the watch."""
+        try:
+            reply = self._req.call("since", namespace=self._ns, type=self._type, seq=self._cursor)
+        except OverrunError:
+            self._fail("overrun: the watcher fell behind the bounded history; resync with a new watch")
+            return
+        if reply["epoch"] != self._epoch:
+            self._fail("the supervisor restarted; resync with a new watch")
+            return
+        for seq, kind, rid, blob, old in reply["records"]:
+            if upto is None or seq <= upto:
+                self._apply(Record(seq, kind, rid, blob, old))
+
+    def _on_message(self, msg: wire.EventMessage) -> None:
+        if msg.epoch != self._epoch:
+            self._fail("the supervisor restarted; resync with a new watch")
+            return
+        if msg.seq <= self._cursor:
+            return
+        if msg.seq > self._cursor + 1:
+            self._catch_up(msg.seq - 1)
+            if self._done or self._cursor != msg.seq - 1:
+                return
+        self._apply(Record(msg.seq, msg.kind, unpack(msg.blob).metadata.id, msg.blob, msg.old))
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event; None on timeout or once the watch has ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._pending:
+            if self._done:
+                return None
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            item = self._sub.recv(remaining)
+            if item is None:
+                return None
+            if item[0] == self._topic:
+                self._on_message(item[1])
+        event = self._pending.popleft()
+        if event.kind == ERROR:
+            self._done = True
+            self._pending.clear()
+        return event
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.next()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def __enter__(self) -> "RemoteWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sub.close()
+        self._req.close()

@@ -1,0 +1,104 @@
+"""What a controller module declares: the public face of a controller.
+
+A controller is a class with a ``name``, declared ``inputs`` and ``outputs``,
+optional ``limits`` and resource ``definitions``, and a ``reconcile(rt)``
+method. The declaration is data, so the supervisor can check it (and refuse
+a bad one) without ever importing the module itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+INPUT_KINDS = ("weak", "strong", "destroy-ready")
+OUTPUT_KINDS = ("exclusive", "shared")
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """A kind the controller reads: watched (weak), held with finalizers
+    (strong), or woken only once torn down and free of finalizers."""
+
+    namespace: str
+    type: str
+    kind: str = "weak"
+    id: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.type, self.kind, self.id]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "Input":
+        if isinstance(data, Input):
+            return data
+        if not isinstance(data, (list, tuple)) or len(data) != 4:
+            raise ValueError(f"an input is [namespace, type, kind, id], not {data!r}")
+        return cls(*data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """A type the controller writes: alone (exclusive) or beside others (shared)."""
+
+    type: str
+    kind: str = "exclusive"
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, self.kind]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "Output":
+        if isinstance(data, Output):
+            return data
+        if not isinstance(data, (list, tuple)) or len(data) != 2:
+            raise ValueError(f"an output is [type, kind], not {data!r}")
+        return cls(*data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceDefinition:
+    """How people see a type: aliases, default namespace, printed columns
+    (``{"NAME": "spec.field"}``), and whether its spec is sensitive."""
+
+    type: str
+    aliases: tuple[str, ...] = ()
+    default_namespace: str = "default"
+    print_columns: tuple[tuple[str, str], ...] = ()
+    sensitive: bool = False
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "aliases": list(self.aliases),
+            "default_namespace": self.default_namespace,
+            "print_columns": [list(c) for c in self.print_columns],
+            "sensitive": self.sensitive,
+        }
+
+
+class Controller:
+    """Base class of every controller. Subclass it in a module of the
+    controllers directory; each subclass runs in its own process."""
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[list[Input]] = []
+    outputs: ClassVar[list[Output]] = []
+    limits: ClassVar[dict[str, Any]] = {}
+    definitions: ClassVar[list[ResourceDefinition]] = []
+
+    def reconcile(self, rt: Any) -> None:
+        """Bring outputs in line with inputs. Called after start, after input
+        changes (coalesced) and when requeued."""
+        raise NotImplementedError
+
+    @classmethod
+    def declaration(cls) -> dict[str, Any]:
+        """The declaration as plain data, as it is sent at registration."""
+        return {
+            "name": cls.name,
+            "inputs": [i.to_wire() for i in cls.inputs],
+            "outputs": [o.to_wire() for o in cls.outputs],
+            "limits": dict(cls.limits),
+            "definitions": [d.to_spec() for d in cls.definitions],
+        }

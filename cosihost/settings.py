@@ -1,0 +1,112 @@
+"""Where things live and how the supervisor is tuned.
+
+Defaults are embedded so that ``cosihost run`` works with no flags: as root
+the FHS places a systemd unit also uses (``/run/cosihost``,
+``/var/lib/cosihost``), otherwise per-user folders. Client commands find the
+supervisor the same way, so ``cosihost get`` in another terminal needs no
+flag either. What flags should not carry goes in a TOML config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRequestError
+
+ENV_RUNTIME_DIR = "COSIHOST_RUNTIME_DIR"
+
+
+def default_runtime_dir() -> Path:
+    env = os.environ.get(ENV_RUNTIME_DIR)
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/cosihost")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cosihost-{os.geteuid()}"
+    return Path(base) / "cosihost"
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/cosihost")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cosihost"
+
+
+def bundled_controllers_dir() -> Path:
+    """The example controllers shipped beside the package (a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "controllers"
+
+
+@dataclasses.dataclass
+class Timing:
+    """Supervision timings, in seconds."""
+
+    heartbeat: float = 1.0
+    hung_after: float = 30.0
+    backoff_base: float = 0.1
+    backoff_cap: float = 30.0
+    stable_after: float = 60.0
+    crash_loop_restarts: int = 5
+    crash_loop_window: float = 60.0
+    stop_timeout: float = 5.0
+    probe_timeout: float = 15.0
+    usage_every: float = 5.0
+
+
+@dataclasses.dataclass
+class Settings:
+    controllers_dir: Path
+    runtime_dir: Path
+    state_dir: Path
+    persistent_namespaces: list[str] = dataclasses.field(default_factory=list)
+    limits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    timing: Timing = dataclasses.field(default_factory=Timing)
+    history: int = 8192
+
+    @classmethod
+    def build(cls, *, controllers_dir: str | os.PathLike[str] | None = None,
+              runtime_dir: str | os.PathLike[str] | None = None,
+              state_dir: str | os.PathLike[str] | None = None,
+              config: str | os.PathLike[str] | None = None) -> "Settings":
+        settings = cls(
+            controllers_dir=Path(controllers_dir) if controllers_dir else bundled_controllers_dir(),
+            runtime_dir=Path(runtime_dir) if runtime_dir else default_runtime_dir(),
+            state_dir=Path(state_dir) if state_dir else default_state_dir(),
+        )
+        if config is not None:
+            settings.apply_config(load_config(config))
+        return settings
+
+    def apply_config(self, data: dict[str, Any]) -> None:
+        for name, ns in (data.get("namespaces") or {}).items():
+            if not isinstance(ns, dict):
+                raise InvalidRequestError(f"config: [namespaces.{name}] must be a table")
+            if ns.get("persistent"):
+                self.persistent_namespaces.append(name)
+        for name, limits in (data.get("limits") or {}).items():
+            if not isinstance(limits, dict):
+                raise InvalidRequestError(f"config: [limits.\"{name}\"] must be a table")
+            self.limits[name] = dict(limits)
+        timing = data.get("timing") or {}
+        known = {f.name for f in dataclasses.fields(Timing)}
+        for key, value in timing.items():
+            if key not in known:
+                raise InvalidRequestError(f"config: unknown [timing] key {key!r}")
+            setattr(self.timing, key, type(getattr(self.timing, key))(value))
+        if "history" in data:
+            self.history = int(data["history"])
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidRequestError(f"config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequestError(f"config {path}: {exc}") from None

@@ -1,0 +1,275 @@
+"""Requests in, replies out: the supervisor's request handling.
+
+Each frame is decoded strictly, its caller identified from the token, the
+request checked against the caller's declaration and then applied to the
+state. Whatever a peer sends, the answer is a reply (an error reply for
+anything wrong) and never an exception escaping into the main loop. Write
+replies are remembered by request id, so a retried write (Lazy Pirate) gets
+the first answer instead of being applied twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Callable, Protocol
+
+from .. import wire
+from ..errors import AccessDeniedError, CosiError, InvalidRequestError, OverrunError
+from ..resource import Resource, check_name, pack, unpack
+from ..state import InMemoryState
+from ..state.events import Record
+from ..wire import Reply, Request
+from . import access
+from .access import ADMIN, USER, Caller
+from .registry import Registry
+
+log = logging.getLogger("cosihost.supervisor")
+
+WRITES = frozenset({"create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer",
+                    "register", "update_inputs", "restart", "reload"})
+REPLY_CACHE = 4096
+
+#: Sends the reply of a deferred request (restart, reload) when it is ready.
+Respond = Callable[[Reply], None]
+
+
+class Host(Protocol):
+    """What the API needs from the supervisor beyond the state."""
+
+    registry: Registry
+
+    def caller(self, token: str) -> Caller | None: ...
+    def register(self, args: dict[str, Any]) -> dict[str, Any]: ...
+    def heartbeat(self, caller: Caller, args: dict[str, Any]) -> None: ...
+    def update_inputs(self, caller: Caller, inputs: Any) -> None: ...
+    def restart(self, name: str, respond: Respond) -> None: ...
+    def reload(self, respond: Respond) -> None: ...
+    def controllers(self) -> list[bytes]: ...
+
+
+class Deferred(Exception):
+    """Raised by a handler whose reply will come later through ``respond``."""
+
+
+def _names(args: dict[str, Any]) -> tuple[str, str, str]:
+    ns, typ, rid = args["namespace"], args["type"], args["id"]
+    check_name("namespace", ns)
+    check_name("type", typ)
+    check_name("id", rid)
+    return ns, typ, rid
+
+
+def _kind(args: dict[str, Any]) -> tuple[str, str]:
+    check_name("namespace", args["namespace"])
+    check_name("type", args["type"])
+    return args["namespace"], args["type"]
+
+
+def _resource(args: dict[str, Any]) -> Resource:
+    blob = args["resource"]
+    if not isinstance(blob, bytes):
+        raise InvalidRequestError("resource must be a packed resource (bin)")
+    try:
+        return unpack(blob)
+    except Exception:
+        raise InvalidRequestError("resource is not a packed resource") from None
+
+
+class Api:
+    def __init__(self, state: InMemoryState, host: Host, *, admin_token: str) -> None:
+        self.state = state
+        self.host = host
+        self.admin_token = admin_token
+        self.last_record: Record | None = None
+        self._replies: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+
+    def saw(self, namespace: str, type: str, record: Record) -> None:
+        """State hook: remember the record a write just produced."""
+        self.last_record = record
+
+    # -- entry -----------------------------------------------------------
+    def handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
+        """Answer one request frame; None when the answer is deferred."""
+        try:
+            req = wire.decode_request(frame)
+        except CosiError as exc:
+            return wire.encode_reply(Reply.error("", exc))
+        key = (req.token, req.rid)
+        if req.op in WRITES and req.rid and key in self._replies:
+            return self._replies[key]
+        try:
+            caller = self._identify(req)
+            result = getattr(self, "op_" + req.op)(caller, req.args, lambda: respond_later(req.rid))
+            reply = Reply(True, req.rid, result=result)
+        except Deferred:
+            return None
+        except CosiError as exc:
+            reply = Reply.error(req.rid, exc)
+        except Exception as exc:  # a bug here must not take the supervisor down
+            log.exception("request %s failed", req.op)
+            reply = Reply(False, req.rid, code="internal", message=f"internal error: {exc!r}")
+        encoded = wire.encode_reply(reply)
+        if req.op in WRITES and req.rid:
+            self._replies[key] = encoded
+            if len(self._replies) > REPLY_CACHE:
+                self._replies.popitem(last=False)
+        return encoded
+
+    def _identify(self, req: Request) -> Caller:
+        if req.op == "register":
+            return USER
+        if not req.token:
+            return USER
+        if req.token == self.admin_token:
+            return ADMIN
+        caller = self.host.caller(req.token)
+        if caller is None:
+            raise AccessDeniedError("unknown or expired token; register again")
+        return caller
+
+    def _write_result(self, res: Resource | None) -> dict[str, Any]:
+        record, self.last_record = self.last_record, None
+        if record is not None:
+            return {"resource": record.blob if res is not None else None, "seq": record.seq}
+        return {"resource": None if res is None else pack(res), "seq": 0}
+
+    # -- state verbs -----------------------------------------------------
+    def op_get(self, caller: Caller, args: dict[str, Any], _r: Any) -> bytes:
+        ns, typ, rid = _names(args)
+        access.check_read(caller, ns, typ)
+        return pack(self.state.get(ns, typ, rid))
+
+    def op_list(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
+        ns, typ = _kind(args)
+        access.check_read(caller, ns, typ)
+        items = self.state.list(ns, typ, labels=args.get("labels"), id_regex=args.get("id_regex"))
+        return [pack(r) for r in items]
+
+    def op_create(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        res = _resource(args)
+        owner = access.effective_owner(caller, args.get("owner"))
+        access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
+        self.last_record = None
+        return self._write_result(self.state.create(res, owner=owner))
+
+    def op_update(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        res = _resource(args)
+        owner = access.effective_owner(caller, args.get("owner"))
+        access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
+        self.last_record = None
+        phase = args.get("expected_phase", "running")
+        return self._write_result(self.state.update(res, owner=owner, expected_phase=phase))
+
+    def op_destroy(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        ns, typ, rid = _names(args)
+        owner = access.effective_owner(caller, args.get("owner"))
+        access.check_write(caller, self.host.registry, ns, typ)
+        self.last_record = None
+        self.state.destroy(ns, typ, rid, owner=owner)
+        return self._write_result(None)
+
+    def op_teardown(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        ns, typ, rid = _names(args)
+        owner = access.effective_owner(caller, args.get("owner"))
+        access.check_write(caller, self.host.registry, ns, typ)
+        self.last_record = None
+        ready = self.state.teardown(ns, typ, rid, owner=owner)
+        result = self._write_result(self.state.get(ns, typ, rid))
+        result["ready"] = ready
+        return result
+
+    def _finalizers(self, caller: Caller, args: dict[str, Any], add: bool) -> dict[str, Any]:
+        ns, typ, rid = _names(args)
+        fins = args["finalizers"]
+        if not isinstance(fins, list):
+            raise InvalidRequestError("finalizers must be a list of strings")
+        access.check_finalizers(caller, self.host.registry, ns, typ,
+                                self.state.get(ns, typ, rid).metadata.owner)
+        self.last_record = None
+        verb = self.state.add_finalizer if add else self.state.remove_finalizer
+        return self._write_result(verb(ns, typ, rid, *fins))
+
+    def op_add_finalizer(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        return self._finalizers(caller, args, True)
+
+    def op_remove_finalizer(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        return self._finalizers(caller, args, False)
+
+    # -- cache sync --------------------------------------------------------
+    def op_snapshot(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        ns, typ = _kind(args)
+        access.check_read(caller, ns, typ)
+        seq, items = self.state.snapshot(ns, typ)
+        only = args.get("id")
+        if only is not None:
+            items = [b for b in items if unpack(b).metadata.id == only]
+        return {"epoch": self.state.epoch, "seq": seq, "items": items}
+
+    def op_since(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        ns, typ = _kind(args)
+        access.check_read(caller, ns, typ)
+        seq = args["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise InvalidRequestError("seq must be an integer")
+        head = self.state.head(ns, typ)
+        if seq < 0:
+            return {"epoch": self.state.epoch, "seq": head, "records": []}
+        records = self.state.records_since(ns, typ, seq)
+        if records is None:
+            raise OverrunError(f"events of {ns}/{typ} after {seq} are no longer in history")
+        return {"epoch": self.state.epoch, "seq": head,
+                "records": [[r.seq, r.kind, r.id, r.blob, r.old] for r in records]}
+
+    def op_probe(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
+        topic, nonce = args["topic"], args["nonce"]
+        if not isinstance(topic, bytes) or not isinstance(nonce, str):
+            raise InvalidRequestError("probe needs a bin topic and a string nonce")
+        try:
+            ns, typ = wire.parse_topic(topic)
+        except (wire.WireError, UnicodeDecodeError):
+            raise InvalidRequestError("probe topic is not a kind topic") from None
+        access.check_read(caller, ns, typ)
+        self.host.publish_probe(topic, nonce)  # type: ignore[attr-defined]
+
+    # -- controller life and control ----------------------------------------
+    def op_register(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        return self.host.register(args)
+
+    def op_update_inputs(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
+        if caller.decl is None:
+            raise AccessDeniedError("only controllers have inputs")
+        self.host.update_inputs(caller, args["inputs"])
+
+    def op_heartbeat(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        if caller.decl is None:
+            raise AccessDeniedError("only controllers send heartbeats")
+        self.host.heartbeat(caller, args)
+        heads = []
+        for entry in args.get("kinds") or []:
+            if isinstance(entry, list) and len(entry) == 3:
+                ns, typ = entry[0], entry[1]
+                if isinstance(ns, str) and isinstance(typ, str) and caller.decl.reads(ns, typ):
+                    heads.append([ns, typ, self.state.head(ns, typ)])
+        return {"heads": heads}
+
+    def op_ping(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe()}
+
+    def op_controllers(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
+        return self.host.controllers()
+
+    def op_restart(self, caller: Caller, args: dict[str, Any], later: Callable[[], Respond]) -> None:
+        if caller.decl is not None:
+            raise AccessDeniedError("controllers cannot restart controllers")
+        name = args["name"]
+        if not isinstance(name, str):
+            raise InvalidRequestError("name must be a string")
+        self.host.restart(name, later())
+        raise Deferred
+
+    def op_reload(self, caller: Caller, args: dict[str, Any], later: Callable[[], Respond]) -> None:
+        if caller.decl is not None:
+            raise AccessDeniedError("controllers cannot reload the supervisor")
+        self.host.reload(later())
+        raise Deferred

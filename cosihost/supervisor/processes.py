@@ -1,0 +1,179 @@
+"""Controller processes: probing modules, starting, judging exits, backoff.
+
+The supervisor never imports controller code. A module is probed in a
+short-lived child (``python -m cosihost.worker probe``) that prints its
+declarations; each controller class then runs in a child of its own. A
+module that raises, hangs, exits or crashes during the probe is reported
+under its own name and harms nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ..settings import Timing
+from .limits import Placement
+from .registry import Declaration
+
+STARTING, RUNNING, BACKOFF, CRASH_LOOP, STOPPED, REFUSED = (
+    "starting", "running", "backoff", "crash-loop", "stopped", "refused")
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    module: Path
+    digest: str
+    declarations: list[dict[str, Any]]
+    error: str = ""
+
+
+def module_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+def discover(directory: Path) -> list[Path]:
+    """Controller modules: ``*.py`` files not starting with ``_`` or ``.``."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.py") if not p.name.startswith(("_", ".")))
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def probe(module: Path, *, timeout: float) -> ProbeResult:
+    """Import ``module`` in a child and read back its declarations."""
+    digest = module_digest(module)
+    cmd = [sys.executable, "-m", "cosihost.worker", "probe", str(module)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(module, digest, [], f"import did not finish within {timeout:g} s (hung)")
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else ""
+        return ProbeResult(module, digest, [],
+                           f"import failed: {describe_exit(done.returncode)}" + (f": {last}" if last else ""))
+    try:
+        decls = json.loads(done.stdout)["controllers"]
+    except (ValueError, KeyError, TypeError):
+        return ProbeResult(module, digest, [], "import printed something that is not a declaration")
+    if not decls:
+        return ProbeResult(module, digest, [], "defines no Controller subclass")
+    return ProbeResult(module, digest, decls)
+
+
+@dataclasses.dataclass
+class Slot:
+    """One controller: its declaration, its current process, its history."""
+
+    name: str
+    module: Path
+    cls: str
+    digest: str
+    decl: Declaration | None
+    state: str = STARTING
+    reason: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    secret: str = ""
+    token: str = ""
+    restarts: int = 0
+    started_at: float = 0.0
+    started_wall: float = 0.0
+    last_seen: float = 0.0
+    attempted: bool = False
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    last_exit: dict[str, Any] | None = None
+    failures: int = 0
+    next_start: float | None = None
+    crash_times: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=64))
+    kill_reason: str = ""
+    placement: Placement | None = None
+    waiters: list[Any] = dataclasses.field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def spawn(slot: Slot, *, runtime_dir: Path, timing: Timing, preexec: Any = None) -> None:
+    """Start the slot's process and hand it its settings and secret on stdin."""
+    slot.secret = secrets.token_hex(16)
+    slot.token = ""
+    slot.attempted = False
+    slot.kill_reason = ""
+    config = {
+        "name": slot.name, "module": str(slot.module), "class": slot.cls,
+        "secret": slot.secret, "runtime_dir": str(runtime_dir), "parent": os.getpid(),
+        "heartbeat": timing.heartbeat, "backoff_cap": timing.backoff_cap,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "cosihost.worker", "run"],
+                            stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(msgpack.packb(config))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    slot.proc = proc
+    slot.state = STARTING
+    slot.started_at = slot.last_seen = time.monotonic()
+    slot.started_wall = time.time()
+
+
+def next_delay(slot: Slot, timing: Timing, now: float) -> float:
+    """Exponential backoff, reset after a stable run; marks crash loops."""
+    if slot.started_at and now - slot.started_at >= timing.stable_after:
+        slot.failures = 0
+    slot.failures += 1
+    slot.crash_times.append(now)
+    recent = [t for t in slot.crash_times if now - t <= timing.crash_loop_window]
+    slot.state = CRASH_LOOP if len(recent) >= timing.crash_loop_restarts else BACKOFF
+    return min(timing.backoff_cap, timing.backoff_base * 2 ** (slot.failures - 1))
+
+
+def stop(slot: Slot, *, reason: str) -> None:
+    """Ask the process to stop (SIGTERM); the caller escalates after a timeout."""
+    if slot.alive():
+        slot.kill_reason = reason
+        assert slot.proc is not None
+        try:
+            slot.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def kill(slot: Slot, *, reason: str) -> None:
+    if slot.alive():
+        slot.kill_reason = slot.kill_reason or reason
+        assert slot.proc is not None
+        try:
+            slot.proc.kill()
+        except ProcessLookupError:
+            pass

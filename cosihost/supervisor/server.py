@@ -1,0 +1,296 @@
+"""The supervisor process: sockets, signals and the main loop.
+
+One thread owns the state, the ROUTER socket (requests) and the PUB socket
+(events); nothing else touches them, so no lock is needed around state
+writes and events leave in exactly the order they happened. Signals and the
+probe threads only wake the loop through a socketpair; the decisions are
+made in :mod:`supervision`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from .. import wire
+from ..state import InMemoryState, SqliteStore
+from ..state.events import Record
+from ..settings import Settings
+from ..wire import Reply
+from . import limits as limits_mod
+from . import processes
+from .api import Api
+from .registry import Registry
+from .status import StatusWriter, supervisor_declaration
+from .supervision import Supervision
+
+log = logging.getLogger("cosihost.supervisor")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, limiter: limits_mod.Limiter | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.limiter = limiter or limits_mod.choose()
+        self.on_ready = on_ready
+        self._probe_results: queue.SimpleQueue[list[processes.ProbeResult]] = queue.SimpleQueue()
+        self._pending_reload: list[Callable[[Reply], None]] = []
+        self._reloading = False
+        self._signals: list[int] = []
+        self.ready = False
+
+    # -- setup -----------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        rd = self.settings.runtime_dir
+        rd.mkdir(parents=True, exist_ok=True, mode=0o750)
+        os.chmod(rd, 0o750)
+        self._lock = open(rd / "supervisor.lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            pid = self._lock.read().strip() or "?"
+            raise AlreadyRunning(f"another supervisor (pid {pid}) is serving {rd}") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.admin_token = secrets.token_hex(16)
+        token_file = rd / "admin.token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.admin_token)
+
+    def _build_state(self) -> None:
+        store = None
+        if self.settings.persistent_namespaces:
+            store = SqliteStore.in_dir(self.settings.state_dir, namespaces=self.settings.persistent_namespaces)
+        self.state = InMemoryState(store=store, history=self.settings.history, on_event=self._on_event)
+        self.registry = Registry()
+        self.registry.accept(supervisor_declaration())
+        self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
+        self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
+        self.api = Api(self.state, self, admin_token=self.admin_token)
+        self.status.definitions(supervisor_declaration())
+
+    def _bind(self) -> None:
+        self.ctx = zmq.Context()
+        rd = self.settings.runtime_dir
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        for name in (wire.API_SOCKET, wire.EVENTS_SOCKET):
+            path = rd / name
+            if path.exists():
+                path.unlink()  # stale, from a supervisor that died; the lock says none runs
+        self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
+        self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda num, _frame: self._signals.append(num))
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except BlockingIOError:
+            pass
+
+    # -- state hook and Api host -------------------------------------------------
+    def _on_event(self, namespace: str, type: str, record: Record) -> None:
+        self.api.saw(namespace, type, record)
+        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old)
+        self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
+
+    def publish_probe(self, topic: bytes, nonce: str) -> None:
+        self.pub.send_multipart([topic, wire.encode_probe(nonce)])
+
+    def caller(self, token: str) -> Any:
+        return self.supervision.caller(token)
+
+    def register(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.supervision.register(args)
+
+    def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
+        self.supervision.heartbeat(caller, args)
+        self._check_ready()
+
+    def update_inputs(self, caller: Any, inputs: Any) -> None:
+        self.supervision.update_inputs(caller, inputs)
+
+    def restart(self, name: str, respond: Callable[[Reply], None]) -> None:
+        self.supervision.restart(name, respond)
+
+    def reload(self, respond: Callable[[Reply], None]) -> None:
+        self._pending_reload.append(respond)
+        self._start_scan()
+
+    def controllers(self) -> list[bytes]:
+        from .status import STATUS_NAMESPACE, STATUS_TYPE
+        return self.state.snapshot(STATUS_NAMESPACE, STATUS_TYPE)[1]
+
+    # -- scanning ------------------------------------------------------------------
+    def _start_scan(self) -> None:
+        if self._reloading:
+            return
+        self._reloading = True
+        sup = self.supervision
+        modules = processes.discover(self.settings.controllers_dir)
+        known = {s.module: s.digest for s in sup.slots.values()}
+        known.update({m: d for m, (d, _e) in sup.module_errors.items()})
+        for gone in set(known) - set(modules):
+            for slot in [s for s in sup.slots.values() if s.module == gone]:
+                sup.remove(slot.name)
+            if sup.module_errors.pop(gone, None):
+                self.status.module_cleared(gone)
+        todo = [m for m in modules if known.get(m) != processes.module_digest(m)]
+        timeout = self.settings.timing.probe_timeout
+
+        def work() -> None:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                results = list(pool.map(lambda m: processes.probe(m, timeout=timeout), todo))
+            self._probe_results.put(results)
+            self._wake()
+
+        threading.Thread(target=work, name="probe", daemon=True).start()
+
+    def _finish_scan(self, results: list[processes.ProbeResult]) -> None:
+        summary = self.supervision.apply_probes(results)
+        self._reloading = False
+        self._scanned = True
+        log.info("controllers scanned: %s", {k: v for k, v in summary.items() if v} or "nothing changed")
+        for respond in self._pending_reload:
+            respond(Reply(True, result=summary))
+        self._pending_reload.clear()
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if not self.ready and getattr(self, "_scanned", False) and self.supervision.controllers_due():
+            self.ready = True
+            log.info("ready: %d controller(s)", len(self.supervision.slots))
+            if self.on_ready is not None:
+                self.on_ready()
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        self._prepare_dirs()
+        try:
+            self._bind()
+            self._build_state()
+            self._install_signals()
+            log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
+            self._start_scan()
+            self._loop()
+            self._shutdown()
+        finally:
+            self._close()
+        return 0
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        stop_deadline: float | None = None
+        while True:
+            wait = self.supervision.tick()
+            events = dict(poller.poll(int(wait * 1000) + 1))
+            if self._wake_r.fileno() in events or self._wake_r in events:
+                self._drain_wakeups()
+            if self.router in events:
+                self._serve_requests()
+            self.supervision.reap()
+            self._handle_signals()
+            while not self._probe_results.empty():
+                self._finish_scan(self._probe_results.get())
+            if self.supervision.stopping:
+                if not self.supervision.any_alive():
+                    return
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + self.settings.timing.stop_timeout
+                elif time.monotonic() > stop_deadline:
+                    self.supervision.kill_stragglers()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT) and not self.supervision.stopping:
+                log.info("stopping on %s", signal.Signals(sig).name)
+                self.supervision.stop_all()
+            elif sig == signal.SIGHUP:
+                log.info("reloading on SIGHUP")
+                self._start_scan()
+
+    def _serve_requests(self, budget: int = 256) -> None:
+        """Answer up to ``budget`` queued requests, then let the loop breathe."""
+        for _ in range(budget):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 3 or frames[-2] != b"":
+                continue  # not a REQ envelope: nobody to answer
+            envelope = frames[:-1]
+            answer = self.api.handle(frames[-1], lambda rid, env=envelope: self._responder(env, rid))
+            if answer is not None:
+                self.router.send_multipart(envelope + [answer])
+
+    def _responder(self, envelope: list[bytes], rid: str) -> Callable[[Reply], None]:
+        def respond(reply: Reply) -> None:
+            reply.rid = rid
+            self.router.send_multipart(envelope + [wire.encode_reply(reply)])
+        return respond
+
+    def _shutdown(self) -> None:
+        for slot in self.supervision.slots.values():
+            if slot.alive() and slot.proc is not None:
+                slot.proc.kill()
+                slot.proc.wait()
+        log.info("stopped")
+
+    def _close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for name in ("router", "pub"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if getattr(self, "ctx", None) is not None:
+            self.ctx.term()
+        for name in (wire.API_SOCKET, wire.EVENTS_SOCKET, "admin.token"):
+            try:
+                (self.settings.runtime_dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        store = getattr(getattr(self, "state", None), "_store", None)
+        if store is not None:
+            store.close()

@@ -1,0 +1,113 @@
+"""The supervisor's own view, published as resources.
+
+``ControllerStatuses.runtime.cosihost.dev`` (namespace ``runtime``, id = the
+controller's name) says how each controller is doing, and
+``ResourceDefinitions.meta.cosihost.dev`` (namespace ``meta``, id = the type)
+says how each type is shown. Both are ordinary state, so ``cosihost get
+--watch`` follows them like anything else; only the supervisor writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..controller import Output, ResourceDefinition
+from ..errors import NotFoundError
+from ..state import InMemoryState
+from .processes import REFUSED, Slot
+from .registry import SUPERVISOR, Declaration
+
+STATUS_TYPE = "ControllerStatuses.runtime.cosihost.dev"
+STATUS_NAMESPACE = "runtime"
+DEFINITION_TYPE = "ResourceDefinitions.meta.cosihost.dev"
+DEFINITION_NAMESPACE = "meta"
+
+OWN_DEFINITIONS = [
+    ResourceDefinition(STATUS_TYPE, aliases=("controllerstatus", "controllerstatuses", "cs"),
+                       default_namespace=STATUS_NAMESPACE,
+                       print_columns=(("STATE", "state"), ("PID", "pid"), ("RESTARTS", "restarts"),
+                                      ("LAST EXIT", "last_exit.reason"))),
+    ResourceDefinition(DEFINITION_TYPE, aliases=("resourcedefinition", "resourcedefinitions", "rd"),
+                       default_namespace=DEFINITION_NAMESPACE,
+                       print_columns=(("ALIASES", "aliases"), ("DEFAULT NAMESPACE", "default_namespace"))),
+]
+
+
+def supervisor_declaration() -> Declaration:
+    return Declaration(SUPERVISOR, [], [Output(STATUS_TYPE), Output(DEFINITION_TYPE)],
+                       source="built in", definitions=[d.to_spec() for d in OWN_DEFINITIONS])
+
+
+class StatusWriter:
+    def __init__(self, state: InMemoryState, *, mechanism: str) -> None:
+        self.state = state
+        self.mechanism = mechanism
+
+    def _put(self, namespace: str, type: str, id: str, spec: dict[str, Any]) -> None:
+        def replace(_old: Any) -> dict[str, Any]:
+            return spec
+        self.state.modify(namespace, type, id, replace, owner=SUPERVISOR)
+
+    def _drop(self, namespace: str, type: str, id: str) -> None:
+        try:
+            self.state.destroy(namespace, type, id, owner=SUPERVISOR)
+        except NotFoundError:
+            pass
+
+    def update(self, slot: Slot) -> None:
+        self._put(STATUS_NAMESPACE, STATUS_TYPE, slot.name, self.spec(slot))
+
+    def spec(self, slot: Slot) -> dict[str, Any]:
+        placement = slot.placement
+        return {
+            "state": slot.state,
+            "pid": slot.pid,
+            "restarts": slot.restarts,
+            "started": slot.started_wall if slot.proc is not None else None,
+            "uptime": round(time.monotonic() - slot.started_at, 1) if slot.proc is not None else 0.0,
+            "last_exit": slot.last_exit,
+            "limits": placement.limits if placement is not None else {},
+            "mechanism": placement.mechanism if placement is not None else self.mechanism,
+            "usage": usage(slot.pid) if slot.proc is not None else {},
+            "counters": dict(slot.counters),
+            "module": slot.module.name,
+            "class": slot.cls,
+            "reason": slot.reason,
+        }
+
+    def refused(self, name: str, source: str, why: str) -> None:
+        self._put(STATUS_NAMESPACE, STATUS_TYPE, name, {
+            "state": REFUSED, "pid": 0, "restarts": 0, "last_exit": None, "limits": {},
+            "mechanism": self.mechanism, "usage": {}, "counters": {},
+            "module": source.split(":")[0], "class": source.partition(":")[2], "reason": why,
+        })
+
+    def module_failed(self, module: Path, error: str) -> None:
+        self.refused(module.name, module.name + ":", error)
+
+    def module_cleared(self, module: Path) -> None:
+        self._drop(STATUS_NAMESPACE, STATUS_TYPE, module.name)
+
+    def removed(self, name: str) -> None:
+        self._drop(STATUS_NAMESPACE, STATUS_TYPE, name)
+
+    def definitions(self, decl: Declaration) -> None:
+        for spec in decl.definitions:
+            if isinstance(spec, dict) and isinstance(spec.get("type"), str):
+                self._put(DEFINITION_NAMESPACE, DEFINITION_TYPE, spec["type"], spec)
+
+
+def usage(pid: int) -> dict[str, Any]:
+    """CPU time and memory of one process, from psutil."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            mem = proc.memory_info()
+        return {"cpu_seconds": round(cpu.user + cpu.system, 3), "rss_bytes": mem.rss}
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return {}

@@ -1,0 +1,262 @@
+"""The supervision policy: which controllers run, and what happens when one dies.
+
+This module decides; the main loop (``server``) only carries messages and
+signals to it. It keeps one :class:`Slot` per controller name, accepts or
+refuses declarations, hands out tokens at registration, restarts dead
+processes with exponential backoff, kills hung ones, and answers restart and
+reload requests once their work is done. Its view is published as
+``ControllerStatuses`` resources in the ``runtime`` namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import AccessDeniedError, InvalidRequestError
+from ..settings import Settings
+from ..wire import Reply
+from . import processes
+from .access import Caller
+from .limits import Limiter
+from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
+from .registry import Declaration, Registry
+from .status import StatusWriter
+
+log = logging.getLogger("cosihost.supervisor")
+Respond = Callable[[Reply], None]
+
+
+class Supervision:
+    def __init__(self, settings: Settings, registry: Registry, status: StatusWriter,
+                 limiter: Limiter) -> None:
+        self.settings = settings
+        self.timing = settings.timing
+        self.registry = registry
+        self.status = status
+        self.limiter = limiter
+        self.slots: dict[str, Slot] = {}
+        self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
+        self.tokens: dict[str, str] = {}
+        self.stopping = False
+
+    # -- declarations --------------------------------------------------------
+    def apply_probes(self, results: list[ProbeResult]) -> dict[str, list[str]]:
+        """Start, restart or refuse controllers from a batch of probes, in a
+        stable order so the same module wins a conflict every time."""
+        summary: dict[str, list[str]] = {"started": [], "restarted": [], "refused": [], "failed": []}
+        for result in sorted(results, key=lambda r: str(r.module)):
+            self._retire_module(result.module, keep={d.get("name") for d in result.declarations})
+            if result.error:
+                self.module_errors[result.module] = (result.digest, result.error)
+                self.status.module_failed(result.module, result.error)
+                summary["failed"].append(result.module.name)
+                log.error("controller module %s: %s", result.module.name, result.error)
+                continue
+            if self.module_errors.pop(result.module, None):
+                self.status.module_cleared(result.module)
+            for data in result.declarations:
+                self._admit(result, data, summary)
+        return summary
+
+    def _admit(self, result: ProbeResult, data: dict[str, Any], summary: dict[str, list[str]]) -> None:
+        source = f"{result.module.name}:{data.get('class')}"
+        name = data.get("name") or source
+        existing = self.slots.get(name)
+        try:
+            decl = Declaration.from_wire(data, source=source)
+            why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
+        except InvalidRequestError as exc:
+            decl, why = None, str(exc)
+        if existing is not None and existing.module != result.module:
+            why = why or f"controller name {name!r} is taken: {source} and {existing.module.name}:{existing.cls}"
+        if why:
+            log.error("refused %s: %s", source, why)
+            self.status.refused(name, source, why)
+            summary["refused"].append(name)
+            return
+        assert decl is not None
+        self.registry.accept(decl)
+        self.status.definitions(decl)
+        if existing is not None:
+            existing.decl, existing.cls, existing.digest = decl, data["class"], result.digest
+            summary["restarted"].append(name)
+            self.restart(name, None)
+            return
+        slot = Slot(name, result.module, data["class"], result.digest, decl)
+        self.slots[name] = slot
+        summary["started"].append(name)
+        self._start(slot)
+
+    def _retire_module(self, module: Path, *, keep: set[Any]) -> None:
+        """Stop controllers a changed module no longer defines."""
+        for slot in list(self.slots.values()):
+            if slot.module == module and slot.name not in keep:
+                self.remove(slot.name)
+
+    def remove(self, name: str) -> None:
+        slot = self.slots.get(name)
+        if slot is None:
+            return
+        slot.state = STOPPED
+        self.registry.remove(name)
+        if slot.alive():
+            processes.stop(slot, reason="removed")
+        else:
+            self._forget(slot)
+
+    def _forget(self, slot: Slot) -> None:
+        self.slots.pop(slot.name, None)
+        self.status.removed(slot.name)
+
+    # -- processes -------------------------------------------------------------
+    def _start(self, slot: Slot) -> None:
+        assert slot.decl is not None
+        limits = {**slot.decl.limits, **self.settings.limits.get(slot.name, {})}
+        slot.placement = self.limiter.prepare(slot.name, limits)
+        processes.spawn(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing,
+                        preexec=self.limiter.preexec(slot.placement))
+        self.limiter.place(slot.placement, slot.pid)
+        slot.next_start = None
+        log.info("started %s (pid %d)", slot.name, slot.pid)
+        self.status.update(slot)
+
+    def reap(self) -> None:
+        """Judge every process that has exited since the last look."""
+        now = time.monotonic()
+        for slot in list(self.slots.values()):
+            if slot.proc is None:
+                continue
+            code = slot.proc.poll()
+            if code is not None:
+                self._exited(slot, code, now)
+
+    def _exited(self, slot: Slot, code: int, now: float) -> None:
+        oom = slot.placement is not None and self.limiter.oom_killed(slot.placement)
+        reason = slot.kill_reason or ("memory limit" if oom else processes.describe_exit(code))
+        slot.last_exit = {
+            "code": code if code >= 0 else None,
+            "signal": processes.describe_exit(code).removeprefix("killed by ") if code < 0 else None,
+            "reason": reason, "at": time.time(),
+        }
+        if slot.placement is not None:
+            self.limiter.release(slot.placement)
+        self.tokens.pop(slot.token, None)
+        slot.proc, slot.token = None, ""
+        log.log(logging.INFO if slot.kill_reason else logging.WARNING,
+                "%s (pid) ended: %s", slot.name, reason)
+        if slot.state == STOPPED:
+            self._forget(slot) if not self.stopping else self.status.update(slot)
+            return
+        slot.restarts += 1
+        if slot.kill_reason in ("restart",):
+            self._start(slot)
+            return
+        delay = processes.next_delay(slot, self.timing, now)
+        slot.next_start = now + delay
+        log.warning("restarting %s in %.1f s%s", slot.name, delay,
+                    " (crash loop)" if slot.state == CRASH_LOOP else "")
+        self.status.update(slot)
+
+    def tick(self) -> float:
+        """Start due processes, kill hung ones, escalate slow stops; returns
+        the seconds until the next thing is due."""
+        now = time.monotonic()
+        wake = now + self.timing.heartbeat
+        for slot in list(self.slots.values()):
+            if slot.next_start is not None and not slot.alive() and not self.stopping:
+                if now >= slot.next_start:
+                    self._start(slot)
+                else:
+                    wake = min(wake, slot.next_start)
+            if slot.alive() and slot.state in (STARTING, RUNNING) and \
+                    now - slot.last_seen > self.timing.hung_after:
+                log.error("%s stopped answering for %.0f s: killing it", slot.name, now - slot.last_seen)
+                processes.kill(slot, reason="hung")
+        return max(0.0, wake - now)
+
+    def kill_stragglers(self) -> None:
+        for slot in self.slots.values():
+            processes.kill(slot, reason=slot.kill_reason or "did not stop in time")
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for slot in self.slots.values():
+            slot.state = STOPPED
+            processes.stop(slot, reason="supervisor stopping")
+
+    def any_alive(self) -> bool:
+        return any(slot.alive() for slot in self.slots.values())
+
+    # -- requests from controllers ---------------------------------------------
+    def caller(self, token: str) -> Caller | None:
+        name = self.tokens.get(token)
+        slot = self.slots.get(name) if name else None
+        if slot is None or slot.decl is None:
+            return None
+        slot.last_seen = time.monotonic()
+        return Caller(name=slot.name, decl=slot.decl)
+
+    def register(self, args: dict[str, Any]) -> dict[str, Any]:
+        name, secret = args["name"], args["secret"]
+        slot = self.slots.get(name) if isinstance(name, str) else None
+        if slot is None or not slot.secret or not isinstance(secret, str) or \
+                not secrets.compare_digest(secret, slot.secret) or not slot.alive():
+            raise AccessDeniedError(f"registration of {name!r} refused: unknown controller or wrong secret")
+        decl = Declaration.from_wire(args, source=f"{slot.module.name}:{slot.cls}")
+        assert slot.decl is not None
+        if not decl.same_shape(slot.decl):
+            raise AccessDeniedError(f"{name} registered a declaration that differs from its module's")
+        self.tokens.pop(slot.token, None)
+        slot.token = secrets.token_hex(16)
+        slot.secret = ""  # one registration per process
+        self.tokens[slot.token] = name
+        slot.last_seen = time.monotonic()
+        log.info("%s registered", name)
+        return {"token": slot.token, "epoch": self.status.state.epoch}
+
+    def heartbeat(self, caller: Caller, args: dict[str, Any]) -> None:
+        slot = self.slots[caller.name]
+        counters = args.get("counters")
+        if isinstance(counters, dict):
+            slot.counters = {k: v for k, v in counters.items() if isinstance(k, str) and isinstance(v, int)}
+        attempts = slot.counters.get("reconciles", 0) + slot.counters.get("crashes", 0)
+        if attempts and not slot.attempted:
+            slot.attempted = True
+            slot.state = RUNNING
+            self.status.update(slot)
+            for respond in slot.waiters:
+                respond(Reply(True, result={"name": slot.name, "pid": slot.pid}))
+            slot.waiters.clear()
+
+    def update_inputs(self, caller: Caller, inputs: Any) -> None:
+        slot = self.slots[caller.name]
+        assert slot.decl is not None
+        if not isinstance(inputs, list):
+            raise InvalidRequestError("inputs must be a list")
+        data = {"name": slot.name, "inputs": inputs, "outputs": [o.to_wire() for o in slot.decl.outputs]}
+        decl = Declaration.from_wire(data, source=slot.decl.source)
+        slot.decl.inputs = decl.inputs
+
+    # -- requests from people --------------------------------------------------
+    def restart(self, name: str, respond: Respond | None) -> None:
+        slot = self.slots.get(name)
+        if slot is None or slot.decl is None or slot.state in (REFUSED, STOPPED):
+            if respond is not None:
+                known = ", ".join(sorted(self.slots)) or "none"
+                respond(Reply(False, code="not-found", message=f"no running controller {name!r} (known: {known})"))
+            return
+        if respond is not None:
+            slot.waiters.append(respond)
+        slot.attempted = False
+        if slot.alive():
+            processes.stop(slot, reason="restart")
+        else:
+            self._start(slot)
+
+    def controllers_due(self) -> bool:
+        return all(s.attempted or s.state in (REFUSED, CRASH_LOOP, STOPPED, BACKOFF)
+                   for s in self.slots.values())

@@ -1,0 +1,143 @@
+"""The two socket roles of a supervisor's peer, shared by clients and controllers.
+
+:class:`Requester` is the ZeroMQ Guide's "Lazy Pirate": a REQ socket that
+gives up on a reply after a timeout, closes, reopens and resends the same
+request id, so a lost reply never wedges the caller and the supervisor can
+answer a retried write from its reply cache instead of applying it twice.
+
+:class:`Subscriber` is the subscribing half of the "Clone" pattern: it
+subscribes to a kind's topic and then proves the subscription has reached
+the publisher (a probe published on that topic comes back) before the
+caller takes a snapshot, so no event can fall between snapshot and stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from . import wire
+from .errors import UnavailableError, error_from_code
+
+
+def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
+    return f"ipc://{os.path.join(os.fspath(runtime_dir), name)}"
+
+
+class Requester:
+    """Request/reply with timeout, reopen and retry (Lazy Pirate)."""
+
+    def __init__(self, ctx: zmq.Context, address: str, *, token: str = "",
+                 timeout: float = 5.0, retries: int = 3) -> None:
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self._ctx = ctx
+        self._prefix = uuid.uuid4().hex[:10]
+        self._counter = 0
+        self._sock: zmq.Socket | None = None
+
+    def _open(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        sock.connect(self.address)
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and return its result, or raise its typed error."""
+        self._counter += 1
+        req = wire.Request(op, args, f"{self._prefix}-{self._counter}", self.token)
+        frame = wire.encode_request(req)
+        for _attempt in range(self.retries + 1):
+            if self._sock is None:
+                self._sock = self._open()
+            self._sock.send(frame)
+            if self._sock.poll(int(self.timeout * 1000), zmq.POLLIN):
+                reply = wire.decode_reply(self._sock.recv())
+                if reply.ok:
+                    return reply.result
+                raise error_from_code(reply.code, reply.message)
+            self.close()  # the socket is stuck in "awaiting reply": reopen
+        raise UnavailableError(
+            f"no answer from the supervisor at {self.address} after "
+            f"{self.retries + 1} tries of {self.timeout:g} s ({op})")
+
+
+class Subscriber:
+    """A SUB socket whose subscriptions are proven live before use."""
+
+    def __init__(self, ctx: zmq.Context, address: str, *, hwm: int = 100_000) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        self.sock.connect(address)
+        self._queued: collections.deque[tuple[bytes, wire.EventMessage]] = collections.deque()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def subscribe(self, requester: Requester, namespace: str, type: str, *,
+                  timeout: float = 10.0) -> None:
+        """Subscribe and wait until a probe on the topic comes back."""
+        topic = wire.topic(namespace, type)
+        self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        nonce = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            requester.call("probe", topic=topic, nonce=nonce)
+            if self._await_probe(nonce, min(0.2, max(0.0, deadline - time.monotonic()))):
+                return
+        raise UnavailableError(f"subscription to {namespace}/{type} never became live")
+
+    def unsubscribe(self, namespace: str, type: str) -> None:
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, wire.topic(namespace, type))
+
+    def _await_probe(self, nonce: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                return False
+            topic, msg = self._recv_raw()
+            if isinstance(msg, wire.ProbeMessage):
+                if msg.nonce == nonce:
+                    return True
+            elif msg is not None:
+                self._queued.append((topic, msg))
+
+    def _recv_raw(self) -> tuple[bytes, wire.EventMessage | wire.ProbeMessage | None]:
+        frames = self.sock.recv_multipart()
+        if len(frames) != 2:
+            return b"", None
+        try:
+            return frames[0], wire.decode_published(frames[1])
+        except wire.WireError:
+            return frames[0], None
+
+    def recv(self, timeout: float | None) -> tuple[bytes, wire.EventMessage] | None:
+        """The next event (topic, message), or None on timeout. Probes are skipped."""
+        if self._queued:
+            return self._queued.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.sock.poll(None if remaining is None else int(remaining * 1000), zmq.POLLIN):
+                return None
+            topic, msg = self._recv_raw()
+            if isinstance(msg, wire.EventMessage):
+                return topic, msg
+            if deadline is not None and time.monotonic() >= deadline:
+                return None

@@ -1,0 +1,177 @@
+"""Every message that crosses a socket, in one place.
+
+Requests and replies travel REQ -> ROUTER as single msgpack frames; events
+travel PUB -> SUB as [topic, body]. Resources inside messages are the packed
+blobs of :mod:`cosihost.resource`, so the supervisor forwards what it stores
+without encoding it again. No pickle: a peer can send only data.
+
+Decoding is strict: anything that is not exactly a known message raises
+:class:`WireError`, which the supervisor turns into an error reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+
+from .errors import CosiError, InvalidRequestError
+
+PROTOCOL = 1
+#: Largest frame a socket accepts (ZMQ_MAXMSGSIZE); bigger peers are dropped.
+MAX_MESSAGE_BYTES = 4 << 20
+#: Separates namespace and type in a topic; names cannot contain it.
+TOPIC_DELIMITER = b"\x00"
+API_SOCKET = "api.sock"
+EVENTS_SOCKET = "events.sock"
+
+#: Every verb the supervisor answers, with its required argument names.
+VERBS: dict[str, tuple[str, ...]] = {
+    # state API
+    "get": ("namespace", "type", "id"),
+    "list": ("namespace", "type"),
+    "create": ("resource",),
+    "update": ("resource",),
+    "destroy": ("namespace", "type", "id"),
+    "teardown": ("namespace", "type", "id"),
+    "add_finalizer": ("namespace", "type", "id", "finalizers"),
+    "remove_finalizer": ("namespace", "type", "id", "finalizers"),
+    # cache sync (Clone pattern)
+    "snapshot": ("namespace", "type"),
+    "since": ("namespace", "type", "seq"),
+    "probe": ("topic", "nonce"),
+    # controller life
+    "register": ("name", "secret", "inputs", "outputs"),
+    "update_inputs": ("inputs",),
+    "heartbeat": (),
+    # supervisor control
+    "ping": (),
+    "controllers": (),
+    "restart": ("name",),
+    "reload": (),
+}
+
+
+class WireError(InvalidRequestError):
+    """A frame that is not a well-formed message."""
+
+
+@dataclasses.dataclass
+class Request:
+    op: str
+    args: dict[str, Any]
+    rid: str = ""
+    token: str = ""
+
+
+@dataclasses.dataclass
+class Reply:
+    ok: bool
+    rid: str = ""
+    result: Any = None
+    code: str = ""
+    message: str = ""
+
+    @classmethod
+    def error(cls, rid: str, exc: CosiError) -> "Reply":
+        return cls(False, rid, code=exc.code, message=str(exc))
+
+
+@dataclasses.dataclass
+class EventMessage:
+    """One change of one kind, as published."""
+
+    epoch: str
+    seq: int
+    kind: str
+    blob: bytes
+    old: bytes | None = None
+
+
+@dataclasses.dataclass
+class ProbeMessage:
+    """Published on a topic to prove a subscription has reached the publisher."""
+
+    nonce: str
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(frame: bytes) -> Any:
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message of {len(frame)} bytes is over the {MAX_MESSAGE_BYTES} limit")
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"not a msgpack message: {exc.__class__.__name__}") from None
+
+
+def encode_request(req: Request) -> bytes:
+    return _pack({"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args})
+
+
+def decode_request(frame: bytes) -> Request:
+    msg = _unpack(frame)
+    if not isinstance(msg, dict):
+        raise WireError("a request must be a msgpack map")
+    if msg.get("v") != PROTOCOL:
+        raise WireError(f"protocol version {msg.get('v')!r} is not supported (want {PROTOCOL})")
+    op, rid, token, args = msg.get("op"), msg.get("rid", ""), msg.get("tok", ""), msg.get("args", {})
+    if not isinstance(op, str) or op not in VERBS:
+        raise WireError(f"unknown verb {op!r}")
+    if not isinstance(rid, str) or not isinstance(token, str):
+        raise WireError("'rid' and 'tok' must be strings")
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise WireError("'args' must be a map with string keys")
+    missing = [name for name in VERBS[op] if name not in args]
+    if missing:
+        raise WireError(f"{op}: missing argument(s) {', '.join(missing)}")
+    return Request(op, args, rid, token)
+
+
+def encode_reply(reply: Reply) -> bytes:
+    if reply.ok:
+        return _pack({"v": PROTOCOL, "rid": reply.rid, "ok": True, "result": reply.result})
+    return _pack({"v": PROTOCOL, "rid": reply.rid, "ok": False, "code": reply.code, "msg": reply.message})
+
+
+def decode_reply(frame: bytes) -> Reply:
+    msg = _unpack(frame)
+    if not isinstance(msg, dict) or "ok" not in msg:
+        raise WireError("a reply must be a msgpack map with 'ok'")
+    if msg["ok"]:
+        return Reply(True, msg.get("rid", ""), result=msg.get("result"))
+    return Reply(False, msg.get("rid", ""), code=str(msg.get("code", "")), message=str(msg.get("msg", "")))
+
+
+def topic(namespace: str, type: str) -> bytes:
+    """The PUB/SUB topic of a kind; the trailing delimiter stops prefix
+    matching from confusing ``Links`` with ``LinksX``."""
+    return namespace.encode() + TOPIC_DELIMITER + type.encode() + TOPIC_DELIMITER
+
+
+def parse_topic(frame: bytes) -> tuple[str, str]:
+    parts = frame.split(TOPIC_DELIMITER)
+    if len(parts) != 3 or parts[2]:
+        raise WireError("malformed topic")
+    return parts[0].decode(), parts[1].decode()
+
+
+def encode_event(ev: EventMessage) -> bytes:
+    return _pack(["ev", ev.epoch, ev.seq, ev.kind, ev.blob, ev.old])
+
+
+def encode_probe(nonce: str) -> bytes:
+    return _pack(["probe", nonce])
+
+
+def decode_published(body: bytes) -> EventMessage | ProbeMessage:
+    msg = _unpack(body)
+    if isinstance(msg, list) and len(msg) == 6 and msg[0] == "ev":
+        return EventMessage(*msg[1:])
+    if isinstance(msg, list) and len(msg) == 2 and msg[0] == "probe":
+        return ProbeMessage(msg[1])
+    raise WireError("unknown published message")

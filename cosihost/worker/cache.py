@@ -1,0 +1,182 @@
+"""A controller's local copy of the kinds it reads, kept by the Clone pattern.
+
+Each kind is synced by subscribing (proven live), taking a snapshot at a
+sequence number, then applying published events in order. A hole in the
+numbering is filled from the supervisor's history, or, if that is gone, by a
+fresh snapshot; a new supervisor epoch resyncs everything. The controller's
+own acknowledged writes sit in an overlay until the stream catches up with
+them, so reads always include them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any, Callable, Iterable
+
+from .. import wire
+from ..errors import OverrunError
+from ..resource import Resource, unpack
+from ..selectors import parse_query
+from ..state.events import DESTROYED
+from ..transport import Requester, Subscriber
+
+log = logging.getLogger("cosihost.worker")
+
+Kind = tuple[str, str]
+
+
+@dataclasses.dataclass
+class KindCache:
+    seq: int
+    items: dict[str, bytes]
+    overlay: dict[str, tuple[int, bytes | None]] = dataclasses.field(default_factory=dict)
+
+    def apply(self, seq: int, kind: str, rid: str, blob: bytes) -> None:
+        if kind == DESTROYED:
+            self.items.pop(rid, None)
+        else:
+            self.items[rid] = blob
+        self.seq = seq
+        mine = self.overlay.get(rid)
+        if mine is not None and mine[0] <= seq:
+            del self.overlay[rid]
+
+    def current(self, rid: str) -> bytes | None:
+        mine = self.overlay.get(rid)
+        if mine is not None:
+            return mine[1]
+        return self.items.get(rid)
+
+    def ids(self) -> list[str]:
+        ids = set(self.items) | set(self.overlay)
+        return sorted(i for i in ids if self.current(i) is not None)
+
+
+#: Called with (namespace, type, event kind, resource) for each applied change.
+OnChange = Callable[[str, str, str, Resource], None]
+
+
+class Cache:
+    """Kinds synced from the supervisor, applied in sequence order."""
+
+    def __init__(self, requester: Requester, subscriber: Subscriber, on_change: OnChange) -> None:
+        self._req = requester
+        self._sub = subscriber
+        self._on_change = on_change
+        self.epoch: str | None = None
+        self.kinds: dict[Kind, KindCache] = {}
+        self.resyncs = 0
+
+    def ensure(self, namespace: str, type: str) -> KindCache:
+        """Sync a kind on first use: subscribe, prove it, then snapshot."""
+        key = (namespace, type)
+        kc = self.kinds.get(key)
+        if kc is None:
+            self._sub.subscribe(self._req, namespace, type)
+            kc = self._snapshot(namespace, type)
+        return kc
+
+    def drop(self, namespace: str, type: str) -> None:
+        if self.kinds.pop((namespace, type), None) is not None:
+            self._sub.unsubscribe(namespace, type)
+
+    def _snapshot(self, namespace: str, type: str) -> KindCache:
+        snap = self._req.call("snapshot", namespace=namespace, type=type)
+        self.epoch = snap["epoch"]
+        items = {}
+        for blob in snap["items"]:
+            items[unpack(blob).metadata.id] = blob
+        kc = self.kinds.get((namespace, type))
+        if kc is None:
+            kc = self.kinds[(namespace, type)] = KindCache(snap["seq"], items)
+        else:
+            kc.seq, kc.items = snap["seq"], items
+            kc.overlay = {k: v for k, v in kc.overlay.items() if v[0] > kc.seq}
+        return kc
+
+    def resync(self, namespace: str, type: str, why: str) -> None:
+        log.warning("resyncing %s/%s: %s", namespace, type, why)
+        self.resyncs += 1
+        kc = self._snapshot(namespace, type)
+        for rid in kc.ids():
+            self._on_change(namespace, type, "resync", unpack(kc.current(rid)))  # type: ignore[arg-type]
+
+    def resync_all(self, why: str) -> None:
+        for namespace, type in list(self.kinds):
+            self.resync(namespace, type, why)
+
+    def apply(self, topic: bytes, msg: wire.EventMessage) -> None:
+        """Apply one published event, filling holes or resyncing as needed."""
+        try:
+            namespace, type = wire.parse_topic(topic)
+        except (wire.WireError, UnicodeDecodeError):
+            return
+        kc = self.kinds.get((namespace, type))
+        if kc is None:
+            return
+        if msg.epoch != self.epoch:
+            self.resync_all(f"supervisor epoch changed to {msg.epoch}")
+            return
+        if msg.seq <= kc.seq:
+            return
+        if msg.seq > kc.seq + 1 and not self._fill(namespace, type, kc, msg.seq - 1):
+            return
+        self._apply_one(namespace, type, kc, msg.seq, msg.kind, msg.blob)
+
+    def _apply_one(self, namespace: str, type: str, kc: KindCache, seq: int, kind: str,
+                   blob: bytes) -> None:
+        res = unpack(blob)
+        kc.apply(seq, kind, res.metadata.id, blob)
+        self._on_change(namespace, type, kind, res)
+
+    def _fill(self, namespace: str, type: str, kc: KindCache, upto: int) -> bool:
+        """Fetch the records missing before ``upto``; resync if history lost them."""
+        try:
+            reply = self._req.call("since", namespace=namespace, type=type, seq=kc.seq)
+        except OverrunError:
+            self.resync(namespace, type, f"events after {kc.seq} fell out of history")
+            return False
+        if reply["epoch"] != self.epoch:
+            self.resync_all("supervisor epoch changed")
+            return False
+        for seq, kind, _rid, blob, _old in reply["records"]:
+            if kc.seq < seq <= upto:
+                self._apply_one(namespace, type, kc, seq, kind, blob)
+        return kc.seq == upto
+
+    def check_heads(self, heads: Iterable[tuple[str, str, int]], suspects: set[Kind]) -> set[Kind]:
+        """Compare with the supervisor's sequence numbers; a kind behind on two
+        checks in a row lost its last event(s) and is refilled."""
+        behind = set()
+        for namespace, type, seq in heads:
+            kc = self.kinds.get((namespace, type))
+            if kc is not None and kc.seq < seq:
+                behind.add((namespace, type))
+                if (namespace, type) in suspects:
+                    self._fill(namespace, type, kc, seq)
+        return behind
+
+    def record_write(self, namespace: str, type: str, rid: str, seq: int, blob: bytes | None) -> None:
+        kc = self.kinds.get((namespace, type))
+        if kc is not None and seq > kc.seq:
+            kc.overlay[rid] = (seq, blob)
+
+    def get(self, namespace: str, type: str, rid: str) -> Resource | None:
+        blob = self.ensure(namespace, type).current(rid)
+        return None if blob is None else unpack(blob)
+
+    def list(self, namespace: str, type: str, *, labels: Any = None,
+             id_regex: str | None = None) -> list[Resource]:
+        kc = self.ensure(namespace, type)
+        query = parse_query(labels)
+        regex = re.compile(id_regex) if id_regex is not None else None
+        out = []
+        for rid in kc.ids():
+            if regex is not None and not regex.search(rid):
+                continue
+            res = unpack(kc.current(rid))  # type: ignore[arg-type]
+            if query.matches(res.metadata.labels):
+                out.append(res)
+        return out

@@ -1,0 +1,145 @@
+"""The single-threaded life of one controller process.
+
+Register with the secret the supervisor handed over, sync the input kinds,
+then loop: apply events to the cache, reconcile when an input changed
+(coalescing everything that arrived meanwhile) or a requeue fell due, and
+send a heartbeat while idle. A heartbeat is sent only from this loop, so a
+reconcile that never returns stops them, and the supervisor can tell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import zmq
+
+from .. import wire
+from ..controller import Controller, Input, Output
+from ..resource import PHASE_TEARING_DOWN, Resource
+from ..state.events import DESTROYED
+from ..transport import Requester, Subscriber, endpoint
+from .cache import Cache, Kind
+from .runtime import ControllerRuntime
+
+log = logging.getLogger("cosihost.worker")
+
+
+@dataclasses.dataclass
+class WorkerSettings:
+    name: str
+    runtime_dir: str
+    secret: str
+    heartbeat: float = 1.0
+    backoff_base: float = 0.1
+    backoff_cap: float = 30.0
+    request_timeout: float = 5.0
+
+
+class WorkerLoop:
+    def __init__(self, controller: Controller, settings: WorkerSettings) -> None:
+        self.controller = controller
+        self.settings = settings
+        self.dirty = True
+        self.failures = 0
+        self.backoff_until = 0.0
+        self.reported = -1
+        self.suspects: set[Kind] = set()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        try:
+            self._run(ctx)
+        finally:
+            ctx.destroy(linger=0)
+
+    def _run(self, ctx: zmq.Context) -> None:
+        s = self.settings
+        cls = type(self.controller)
+        decl = cls.declaration()
+        req = Requester(ctx, endpoint(s.runtime_dir, wire.API_SOCKET), timeout=s.request_timeout)
+        reg = req.call("register", name=s.name, secret=s.secret, inputs=decl["inputs"],
+                       outputs=decl["outputs"], pid=os.getpid(), definitions=decl["definitions"])
+        req.token = reg["token"]
+        sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET))
+        self.cache = Cache(req, sub, self._on_change)
+        self.rt = ControllerRuntime(s.name, req, self.cache,
+                                    inputs=[Input.from_wire(i) for i in decl["inputs"]],
+                                    outputs=[Output.from_wire(o) for o in decl["outputs"]])
+        for i in self.rt.inputs:
+            self.cache.ensure(i.namespace, i.type)
+        log.info("registered; %d input kind(s) synced", len(self.rt.inputs))
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if self._due(now):
+                self._reconcile()
+                now = time.monotonic()
+            if now >= next_beat or (self.reported <= 0 < self._attempts()):
+                self._heartbeat(req)
+                next_beat = time.monotonic() + s.heartbeat
+            item = sub.recv(max(0.0, min(next_beat, self._wake_at()) - time.monotonic()))
+            while item is not None:
+                self.cache.apply(*item)
+                item = sub.recv(0)
+
+    def _attempts(self) -> int:
+        return self.rt.counters.reconciles + self.rt.counters.crashes
+
+    def _due(self, now: float) -> bool:
+        if self.dirty and now >= self.backoff_until:
+            return True
+        return self.rt.requeue_at is not None and now >= self.rt.requeue_at
+
+    def _wake_at(self) -> float:
+        at = float("inf")
+        if self.dirty:
+            at = self.backoff_until
+        if self.rt.requeue_at is not None:
+            at = min(at, self.rt.requeue_at)
+        return at
+
+    def _on_change(self, namespace: str, type: str, kind: str, res: Resource) -> None:
+        for i in self.rt.inputs:
+            if i.namespace != namespace or i.type != type:
+                continue
+            if i.id is not None and i.id != res.metadata.id:
+                continue
+            if i.kind == "destroy-ready" and not _destroy_ready(kind, res):
+                continue
+            if not self.dirty:
+                self.rt.counters.wakeups += 1
+            self.dirty = True
+            return
+
+    def _reconcile(self) -> None:
+        self.dirty = False
+        self.rt.requeue_at = None
+        try:
+            self.controller.reconcile(self.rt)
+        except Exception:
+            self.rt.counters.crashes += 1
+            self.failures += 1
+            delay = min(self.settings.backoff_cap,
+                        self.settings.backoff_base * 2 ** (self.failures - 1))
+            log.exception("reconcile failed (%d in a row); retrying in %.1f s", self.failures, delay)
+            self.dirty = True
+            self.backoff_until = time.monotonic() + delay
+            return
+        self.failures = 0
+        self.rt.counters.reconciles += 1
+
+    def _heartbeat(self, req: Requester) -> None:
+        kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
+        reply: dict[str, Any] = req.call("heartbeat", counters=self.rt.counters.as_dict(), kinds=kinds)
+        self.reported = self._attempts()
+        heads = [(ns, t, seq) for ns, t, seq in reply.get("heads", [])]
+        self.suspects = self.cache.check_heads(heads, self.suspects)
+
+
+def _destroy_ready(kind: str, res: Resource) -> bool:
+    md = res.metadata
+    return kind != DESTROYED and md.phase == PHASE_TEARING_DOWN and not md.finalizers

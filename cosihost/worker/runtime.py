@@ -1,0 +1,194 @@
+"""The ``rt`` handle a controller's ``reconcile`` receives.
+
+Reads come from the local cache (which includes the controller's own
+acknowledged writes); writes go to the supervisor, which checks them
+against the declaration. The handle also checks locally, so a controller
+learns of a mistake at the call that makes it, with the same error the
+supervisor would send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+from ..controller import Input, Output
+from ..errors import AccessDeniedError, ConflictError, NotFoundError
+from ..resource import Resource, pack, unpack
+from ..transport import Requester
+from .cache import Cache
+
+
+@dataclasses.dataclass
+class Counters:
+    """Runtime counters, reported to the supervisor with each heartbeat."""
+
+    wakeups: int = 0
+    reconciles: int = 0
+    reads: int = 0
+    writes: int = 0
+    crashes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class ControllerRuntime:
+    """What ``reconcile(rt)`` may do. One per controller process."""
+
+    def __init__(self, name: str, requester: Requester, cache: Cache, *,
+                 inputs: Sequence[Input], outputs: Sequence[Output]) -> None:
+        self.name = name
+        self._req = requester
+        self._cache = cache
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.counters = Counters()
+        self.requeue_at: float | None = None
+        self._tracking: set[tuple[str, str, str]] | None = None
+
+    # -- declaration checks ---------------------------------------------
+    def _readable(self, namespace: str, type: str) -> None:
+        if any(i.namespace == namespace and i.type == type for i in self.inputs):
+            return
+        if any(o.type == type for o in self.outputs):
+            return
+        raise AccessDeniedError(
+            f"{self.name} cannot read {namespace}/{type}: not among its inputs or outputs")
+
+    def _writable(self, type: str) -> None:
+        if not any(o.type == type for o in self.outputs):
+            raise AccessDeniedError(f"{self.name} cannot write {type}: not among its outputs")
+
+    # -- reads -----------------------------------------------------------
+    def get(self, namespace: str, type: str, id: str) -> Resource:
+        self._readable(namespace, type)
+        self.counters.reads += 1
+        res = self._cache.get(namespace, type, id)
+        if res is None:
+            raise NotFoundError(f"resource {namespace}/{type}/{id} doesn't exist")
+        return res
+
+    def list(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
+             id_regex: str | None = None) -> list[Resource]:
+        self._readable(namespace, type)
+        self.counters.reads += 1
+        return self._cache.list(namespace, type, labels=labels, id_regex=id_regex)
+
+    # -- writes ----------------------------------------------------------
+    def _write(self, op: str, key: tuple[str, str, str], **args: Any) -> Any:
+        namespace, type, id = key
+        self.counters.writes += 1
+        self._cache.ensure(namespace, type)
+        reply = self._req.call(op, owner=self.name, **args)
+        self._cache.record_write(namespace, type, id, reply["seq"], reply.get("resource"))
+        if self._tracking is not None and any(o.type == type for o in self.outputs):
+            self._tracking.add(key)
+        return reply
+
+    def create(self, resource: Resource) -> Resource:
+        md = resource.metadata
+        self._writable(md.type)
+        reply = self._write("create", md.key(), resource=pack(resource))
+        return unpack(reply["resource"])
+
+    def update(self, resource: Resource, *, expected_phase: str | None = "running") -> Resource:
+        md = resource.metadata
+        self._writable(md.type)
+        reply = self._write("update", md.key(), resource=pack(resource),
+                            expected_phase=expected_phase)
+        return unpack(reply["resource"])
+
+    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any]) -> Resource:
+        """Read-modify-write from the cache; on a conflict, re-read and retry."""
+        self._writable(type)
+        while True:
+            try:
+                cur = self.get(namespace, type, id)
+            except NotFoundError:
+                spec: Any = {}
+                result = fn(spec)
+                new = Resource(namespace, type, id, spec if result is None else result)
+                try:
+                    return self.create(new)
+                except ConflictError as exc:
+                    if exc.__class__ is not ConflictError:
+                        raise
+                    self._refresh(namespace, type)
+                    continue
+            spec = unpack(pack(cur)).spec
+            result = fn(spec)
+            spec = spec if result is None else result
+            if spec == cur.spec:
+                if self._tracking is not None:
+                    self._tracking.add((namespace, type, id))
+                return cur
+            cur.spec = spec
+            try:
+                return self.update(cur)
+            except ConflictError as exc:
+                if exc.__class__ is not ConflictError:
+                    raise
+                self._refresh(namespace, type)
+
+    def _refresh(self, namespace: str, type: str) -> None:
+        self._cache.resync(namespace, type, "write conflict")
+
+    def destroy(self, namespace: str, type: str, id: str) -> None:
+        self._writable(type)
+        self._write("destroy", (namespace, type, id), namespace=namespace, type=type, id=id)
+
+    def teardown(self, namespace: str, type: str, id: str) -> bool:
+        self._writable(type)
+        return self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
+                           id=id)["ready"]
+
+    def _finalizers(self, op: str, namespace: str, type: str, id: str, finalizers: tuple[str, ...]) -> Resource:
+        if not any(i.namespace == namespace and i.type == type and i.kind == "strong" for i in self.inputs):
+            raise AccessDeniedError(
+                f"{self.name} may change finalizers only on its strong inputs, not {namespace}/{type}")
+        reply = self._write(op, (namespace, type, id), namespace=namespace, type=type, id=id,
+                            finalizers=list(finalizers))
+        return unpack(reply["resource"])
+
+    def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        return self._finalizers("add_finalizer", namespace, type, id, finalizers)
+
+    def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        return self._finalizers("remove_finalizer", namespace, type, id, finalizers)
+
+    # -- declarations and scheduling ------------------------------------
+    def update_inputs(self, inputs: Sequence[Input]) -> None:
+        """Replace the declared inputs (the supervisor checks and records them)."""
+        new = [Input.from_wire(i) if not isinstance(i, Input) else i for i in inputs]
+        self._req.call("update_inputs", inputs=[i.to_wire() for i in new])
+        dropped = {(i.namespace, i.type) for i in self.inputs} - {(i.namespace, i.type) for i in new}
+        self.inputs = new
+        for namespace, type in dropped:
+            if not any(o.type == type for o in self.outputs):
+                self._cache.drop(namespace, type)
+        for i in new:
+            self._cache.ensure(i.namespace, i.type)
+
+    def start_tracking_outputs(self) -> None:
+        """Remember which outputs this round touches, for cleanup_outputs."""
+        self._tracking = set()
+
+    def cleanup_outputs(self) -> None:
+        """Destroy this controller's outputs that this round did not touch."""
+        touched = self._tracking or set()
+        self._tracking = None
+        for (namespace, type) in list(self._cache.kinds):
+            if not any(o.type == type for o in self.outputs):
+                continue
+            for res in self._cache.list(namespace, type):
+                md = res.metadata
+                if md.owner == self.name and (namespace, type, md.id) not in touched:
+                    if self.teardown(namespace, type, md.id):
+                        self.destroy(namespace, type, md.id)
+
+    def requeue(self, after: float = 0.0) -> None:
+        """Reconcile again after ``after`` seconds even if no input changes."""
+        at = time.monotonic() + max(0.0, after)
+        self.requeue_at = at if self.requeue_at is None else min(self.requeue_at, at)
