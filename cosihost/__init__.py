@@ -7,11 +7,14 @@ controller declaration classes, and the wire client. Everything else
 
 from .errors import (AccessDeniedError, ConflictError, CosiError, InvalidRequestError, NotFoundError,
                      OverrunError, OwnerConflictError, PhaseConflictError, UnavailableError)
+from .client import Client
+from .controller import Controller, Input, Output, ResourceDefinition
 from .resource import Metadata, Resource
 from .state import Event, InMemoryState
 
 __all__ = [
-    "Resource", "Metadata", "Event", "InMemoryState",
+    "Resource", "Metadata", "Event", "InMemoryState", "Client",
+    "Controller", "Input", "Output", "ResourceDefinition",
     "CosiError", "NotFoundError", "ConflictError", "OwnerConflictError", "PhaseConflictError",
     "AccessDeniedError", "InvalidRequestError", "OverrunError", "UnavailableError",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from typing import Any, Callable, Protocol
 
 from .. import wire
@@ -38,6 +39,7 @@ class Host(Protocol):
     """What the API needs from the supervisor beyond the state."""
 
     registry: Registry
+    ready: bool
 
     def caller(self, token: str) -> Caller | None: ...
     def register(self, args: dict[str, Any]) -> dict[str, Any]: ...
@@ -254,7 +256,8 @@ class Api:
         return {"heads": heads}
 
     def op_ping(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
-        return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe()}
+        return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe(),
+                "ready": self.host.ready, "pid": os.getpid()}
 
     def op_controllers(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
         return self.host.controllers()

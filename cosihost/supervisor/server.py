@@ -33,6 +33,7 @@ from . import limits as limits_mod
 from . import processes
 from .api import Api
 from .registry import Registry
+from .sdnotify import Notifier
 from .status import StatusWriter, supervisor_declaration
 from .supervision import Supervision
 
@@ -45,10 +46,10 @@ class AlreadyRunning(RuntimeError):
 
 class Supervisor:
     def __init__(self, settings: Settings, *, limiter: limits_mod.Limiter | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.limiter = limiter or limits_mod.choose()
-        self.on_ready = on_ready
+        self.notifier = notifier or Notifier.from_env()
         self._probe_results: queue.SimpleQueue[list[processes.ProbeResult]] = queue.SimpleQueue()
         self._pending_reload: list[Callable[[Reply], None]] = []
         self._reloading = False
@@ -157,6 +158,8 @@ class Supervisor:
         if self._reloading:
             return
         self._reloading = True
+        if self.ready:
+            self.notifier.reloading()
         sup = self.supervision
         modules = processes.discover(self.settings.controllers_dir)
         known = {s.module: s.digest for s in sup.slots.values()}
@@ -185,14 +188,15 @@ class Supervisor:
         for respond in self._pending_reload:
             respond(Reply(True, result=summary))
         self._pending_reload.clear()
+        if self.ready:
+            self.notifier.ready(self.supervision.summary())
         self._check_ready()
 
     def _check_ready(self) -> None:
         if not self.ready and getattr(self, "_scanned", False) and self.supervision.controllers_due():
             self.ready = True
-            log.info("ready: %d controller(s)", len(self.supervision.slots))
-            if self.on_ready is not None:
-                self.on_ready()
+            log.info("ready: %s", self.supervision.summary())
+            self.notifier.ready(self.supervision.summary())
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> int:
@@ -217,6 +221,11 @@ class Supervisor:
         stop_deadline: float | None = None
         while True:
             wait = self.supervision.tick()
+            ping_in = self.notifier.watchdog()
+            if ping_in is not None:
+                wait = min(wait, ping_in)
+            if self.ready:
+                self.notifier.status(self.supervision.summary())
             events = dict(poller.poll(int(wait * 1000) + 1))
             if self._wake_r.fileno() in events or self._wake_r in events:
                 self._drain_wakeups()
@@ -246,6 +255,7 @@ class Supervisor:
             sig = self._signals.pop(0)
             if sig in (signal.SIGTERM, signal.SIGINT) and not self.supervision.stopping:
                 log.info("stopping on %s", signal.Signals(sig).name)
+                self.notifier.stopping()
                 self.supervision.stop_all()
             elif sig == signal.SIGHUP:
                 log.info("reloading on SIGHUP")
@@ -280,6 +290,7 @@ class Supervisor:
 
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)
+        self.notifier.close()
         for name in ("router", "pub"):
             sock = getattr(self, name, None)
             if sock is not None:

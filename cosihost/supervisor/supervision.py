@@ -260,3 +260,15 @@ class Supervision:
     def controllers_due(self) -> bool:
         return all(s.attempted or s.state in (REFUSED, CRASH_LOOP, STOPPED, BACKOFF)
                    for s in self.slots.values())
+
+    def summary(self) -> str:
+        """One line for STATUS= and the log, e.g. "3/4 controllers running, 1 refused"."""
+        states = [s.state for s in self.slots.values()]
+        running = states.count(RUNNING)
+        text = f"{running}/{len(states)} controllers running"
+        for state in (STARTING, BACKOFF, CRASH_LOOP, REFUSED):
+            if states.count(state):
+                text += f", {states.count(state)} {state}"
+        if self.module_errors:
+            text += f", {len(self.module_errors)} module(s) failed"
+        return text

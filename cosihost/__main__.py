@@ -1,0 +1,5 @@
+"""``python -m cosihost`` is the ``cosihost`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The supervisor runs controllers in their own processes and they converge."""
+
+from __future__ import annotations
+
+import psutil
+
+from cosihost import Resource
+from cosihost.testing import wait_for
+
+DOUBLER = '''
+from cosihost import Controller, Input, Output
+
+class Doubler(Controller):
+    name = "test.Doubler"
+    inputs = [Input("default", "Ints.test.cosihost.dev")]
+    outputs = [Output("Doubles.test.cosihost.dev")]
+
+    def reconcile(self, rt):
+        for r in rt.list("default", "Ints.test.cosihost.dev"):
+            value = r.spec["value"]
+            rt.modify("default", "Doubles.test.cosihost.dev", r.metadata.id,
+                      lambda spec: spec.update(value=value * 2))
+'''
+
+
+def test_controller_converges_in_its_own_process(supervisor_factory):
+    sup = supervisor_factory(controllers={"double": DOUBLER})
+    with sup.client() as c:
+        c.create(Resource("default", "Ints.test.cosihost.dev", "one", {"value": 21}))
+        res = wait_for(lambda: _spec(c, "one"), message="the double")
+        assert res == {"value": 42}
+        pid = sup.controller_pid("test.Doubler")
+        assert pid != sup.pid
+        assert psutil.Process(pid).ppid() == sup.pid
+        assert c.get("default", "Doubles.test.cosihost.dev", "one").metadata.owner == "test.Doubler"
+
+
+def test_second_supervisor_on_same_runtime_dir_fails_clearly(supervisor_factory):
+    import subprocess
+    import sys
+    sup = supervisor_factory(controllers={})
+    done = subprocess.run([sys.executable, "-m", "cosihost", "run", "--runtime-dir", str(sup.runtime_dir),
+                           "--controllers", str(sup.controllers_dir)], capture_output=True, timeout=30)
+    assert done.returncode != 0
+    assert b"another supervisor" in done.stderr
+    assert sup.ping()["ready"]
+
+
+def _spec(client, rid):
+    from cosihost import NotFoundError
+    try:
+        return client.get("default", "Doubles.test.cosihost.dev", rid).spec
+    except NotFoundError:
+        return None
