@@ -77,6 +77,8 @@ class StatusWriter:
             "module": slot.module.name,
             "class": slot.cls,
             "reason": slot.reason,
+            "inputs": [i.to_wire() for i in slot.decl.inputs] if slot.decl else [],
+            "outputs": [o.to_wire() for o in slot.decl.outputs] if slot.decl else [],
         }
 
     def refused(self, name: str, source: str, why: str) -> None:
@@ -84,6 +86,7 @@ class StatusWriter:
             "state": REFUSED, "pid": 0, "restarts": 0, "last_exit": None, "limits": {},
             "mechanism": self.mechanism, "usage": {}, "counters": {},
             "module": source.split(":")[0], "class": source.partition(":")[2], "reason": why,
+            "inputs": [], "outputs": [],
         })
 
     def module_failed(self, module: Path, error: str) -> None:
