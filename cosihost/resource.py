@@ -9,6 +9,7 @@ the supervisor forward a stored resource without encoding it again.
 from __future__ import annotations
 
 import dataclasses
+from copy import deepcopy
 from typing import Any, Iterable
 
 import msgpack
@@ -101,12 +102,17 @@ class Resource:
         return unpack(pack(self))
 
     def to_dict(self) -> dict[str, Any]:
-        """The shape the CLI prints: ``{"metadata": {...}, "spec": ...}``."""
-        return {"metadata": dataclasses.asdict(self.metadata), "spec": self.spec}
+        """The shape the CLI prints: ``{"metadata": {...}, "spec": ...}``,
+        sharing nothing with this resource."""
+        return {"metadata": dataclasses.asdict(self.metadata), "spec": deepcopy(self.spec)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Resource":
-        """Build from ``to_dict`` output (or a user's YAML document)."""
+        """Build from ``to_dict`` output (or a user's YAML document).
+
+        The result shares nothing with ``data``. Types are checked when the
+        resource is written (:func:`validate`), not here.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
             raise InvalidRequestError("a resource needs a 'metadata' mapping")
         md = data["metadata"]
@@ -117,9 +123,9 @@ class Resource:
         for name in ("namespace", "type", "id"):
             if name not in md:
                 raise InvalidRequestError(f"metadata.{name} is required")
-        res = cls(md["namespace"], md["type"], md["id"], data.get("spec"))
+        res = cls(md["namespace"], md["type"], md["id"], deepcopy(data.get("spec")))
         for name, value in md.items():
-            setattr(res.metadata, name, value)
+            setattr(res.metadata, name, deepcopy(value))
         return res
 
 
@@ -186,10 +192,12 @@ def check_phase(value: Any, *, field: str = "phase") -> None:
         raise InvalidRequestError(f"{field} must be one of {', '.join(PHASES)}, not {value!r}")
 
 
-def validate(res: Any) -> bytes:
-    """Check a caller's resource and return its packed form.
+def _validated(res: Any) -> tuple[bytes, Resource]:
+    """Check a caller's resource; return its packed form and a decoded copy.
 
-    Raises InvalidRequestError naming the offending field.
+    Decoding is part of the check: msgpack encodes some values it cannot
+    decode into Python (a dict keyed by tuples comes back keyed by lists),
+    and such a spec must be refused here, not fail in every later reader.
     """
     if not isinstance(res, Resource):
         raise InvalidRequestError(f"expected a Resource, got {type(res).__name__}")
@@ -209,4 +217,22 @@ def validate(res: Any) -> bytes:
     if len(blob) > MAX_RESOURCE_BYTES:
         raise InvalidRequestError(
             f"spec: the resource is {len(blob)} bytes packed, over the {MAX_RESOURCE_BYTES} limit")
-    return blob
+    try:
+        copy = unpack(blob)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"spec cannot be decoded from msgpack: {exc}") from None
+    return blob, copy
+
+
+def validate(res: Any) -> bytes:
+    """Check a caller's resource and return its packed form.
+
+    Raises InvalidRequestError naming the offending field.
+    """
+    return _validated(res)[0]
+
+
+def validated_copy(res: Any) -> Resource:
+    """Check a caller's resource and return a copy of it (one encoding, one
+    decoding: what the store keeps is what the caller will read back)."""
+    return _validated(res)[1]

@@ -9,6 +9,7 @@ the wire), so a bad selector is an InvalidRequestError, never a failed match.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable, Mapping, Sequence
 
@@ -23,11 +24,17 @@ _TERM_PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+#: A plain decimal number. Stricter than ``float()``, which would also take
+#: "nan" (unordered: it would make ``<=`` and ``>=`` both true), "inf",
+#: "1_000" and surrounding whitespace, none of which read as numbers in a label.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _as_number(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
+    if not _NUMBER.fullmatch(value):
         return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _less(a: str, b: str) -> bool:

@@ -172,7 +172,10 @@ def decode(blob: bytes | None) -> Resource | None:
 def kind_translator(query: Query, bookmark: Callable[[int], str]) -> Translate:
     """Turn records into a kind watcher's events under a label query: a
     resource that starts matching appears ``created``, one that stops
-    matching ``destroyed``, and changes outside the query are dropped."""
+    matching ``destroyed``, and changes outside the query are dropped.
+
+    As in COSI, the synthetic events carry the resource as it is now and no
+    ``old``: to this watcher the resource is new (or gone), not changed."""
 
     def translate(record: Record) -> list[Event]:
         res, old = unpack(record.blob), decode(record.old)
@@ -187,7 +190,7 @@ def kind_translator(query: Query, bookmark: Callable[[int], str]) -> Translate:
         if record.kind == UPDATED and now and not was:
             return [Event(CREATED, res, None, mark)]
         if record.kind == UPDATED and was and not now:
-            return [Event(DESTROYED, res, old, mark)]
+            return [Event(DESTROYED, res, None, mark)]
         if now or was:
             return [Event(record.kind, res, old, mark)]
         return []

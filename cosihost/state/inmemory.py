@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError, OwnerConflictError, PhaseConflictError
 from ..resource import (PHASE_RUNNING, PHASE_TEARING_DOWN, Resource, check_name, check_phase,
-                        check_strings, pack, unpack, validate)
-from ..selectors import Query, parse_query
+                        check_strings, pack, unpack, validated_copy)
+from ..selectors import parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
                      Watch, decode, kind_translator, make_bookmark, parse_bookmark)
 from .persist import Store
@@ -73,6 +73,13 @@ def _require_owner(cur: Resource, owner: str, verb: str) -> None:
         md = cur.metadata
         raise OwnerConflictError(
             f"cannot {verb} {md.namespace}/{md.type}/{md.id}: owned by {md.owner!r}, not {owner!r}")
+
+
+def _require_phase(cur: Resource, expected: str | None) -> None:
+    md = cur.metadata
+    if expected is not None and md.phase != expected:
+        raise PhaseConflictError(
+            f"{md.namespace}/{md.type}/{md.id} is {md.phase}, expected {expected}")
 
 
 class InMemoryState:
@@ -186,9 +193,8 @@ class InMemoryState:
 
     # -- writes ----------------------------------------------------------
     def create(self, resource: Resource, *, owner: str = "") -> Resource:
-        validate(resource)
+        res = validated_copy(resource)
         _check_owner(owner)
-        res = resource.copy()
         md = res.metadata
         coll = self._collection(md.namespace, md.type)
         with coll.cond:
@@ -202,27 +208,23 @@ class InMemoryState:
 
     def update(self, resource: Resource, *, owner: str = "",
                expected_phase: str | None = PHASE_RUNNING) -> Resource:
-        validate(resource)
+        new = validated_copy(resource)
         _check_owner(owner)
         if expected_phase is not None:
             check_phase(expected_phase, field="expected_phase")
-        md = resource.metadata
+        md = new.metadata
         coll = self._collection(md.namespace, md.type)
         with coll.cond:
             cur = coll.load(md.id)
             cmd = cur.metadata
+            _require_owner(cur, owner, "update")
             if md.version != cmd.version:
                 raise ConflictError(
                     f"version conflict on {md.namespace}/{md.type}/{md.id}: "
                     f"expected {md.version}, stored {cmd.version}")
-            _require_owner(cur, owner, "update")
-            if expected_phase is not None and cmd.phase != expected_phase:
-                raise PhaseConflictError(
-                    f"{md.namespace}/{md.type}/{md.id} is {cmd.phase}, expected {expected_phase}")
-            new = resource.copy()
-            nmd = new.metadata
-            nmd.version, nmd.owner, nmd.phase = cmd.version + 1, cmd.owner, cmd.phase
-            nmd.finalizers, nmd.created, nmd.updated = cmd.finalizers, cmd.created, self._clock()
+            _require_phase(cur, expected_phase)
+            md.version, md.owner, md.phase = cmd.version + 1, cmd.owner, cmd.phase
+            md.finalizers, md.created, md.updated = cmd.finalizers, cmd.created, self._clock()
             self._commit(coll, new, md.id, UPDATED, coll.items[md.id])
         return new
 
@@ -232,6 +234,9 @@ class InMemoryState:
 
         Creates the resource from ``fn({})`` when missing; writes nothing when
         the spec did not change; retries when another writer got in between.
+        As COSI's ``Modify``, it expects the resource running: one that is
+        tearing down is a PhaseConflictError even when ``fn`` changes nothing,
+        so a writer notices the teardown instead of silently doing nothing.
         """
         _check_kind(namespace, type, id)
         _check_owner(owner)
@@ -249,6 +254,7 @@ class InMemoryState:
                         raise
                     continue
             _require_owner(cur, owner, "modify")
+            _require_phase(cur, PHASE_RUNNING)
             spec = cur.copy().spec
             result = fn(spec)
             if result is not None:
@@ -340,6 +346,8 @@ class InMemoryState:
         (one ``created`` per item, then ``bootstrapped``) or from a bookmark."""
         _check_kind(namespace, type)
         query = parse_query(labels)
+        if bootstrap and since is not None:
+            raise InvalidRequestError("since: a watch resumes from a bookmark or bootstraps, not both")
         coll = self._collection(namespace, type)
         pending: list[Event] = []
         with coll.cond:

@@ -1,0 +1,96 @@
+"""The implementations the state conformance suite runs against.
+
+Every test in this directory takes a ``state`` fixture and uses only the
+public verbs of DESIGN 2a, so one suite checks every implementation. To add
+one (the wire client, say), add an entry to :data:`IMPLEMENTATIONS`: a
+context manager that is given a fresh temporary directory and yields an
+object with the State API verbs, cleaning up when the test ends.
+
+An implementation through which a caller can write only as itself (a wire
+client, whose identity is its owner) sets ``any_owner=False``; tests marked
+``any_owner`` (those that write as several owners) are then skipped for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import pytest
+
+from cosihost.state import InMemoryState, SqliteStore
+
+#: Every namespace the conformance tests write to; the SQLite implementation
+#: declares them all persistent so that every write goes through the store.
+NAMESPACES = ("default", "other")
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    open: Callable[[Path], ContextManager[Any]]
+    #: May a caller write as any owner (True in process), or only as itself?
+    any_owner: bool = True
+
+
+@contextlib.contextmanager
+def _memory(tmp_path: Path) -> Iterator[InMemoryState]:
+    yield InMemoryState()
+
+
+@contextlib.contextmanager
+def _sqlite(tmp_path: Path) -> Iterator[InMemoryState]:
+    store = SqliteStore.in_dir(tmp_path / "state", namespaces=NAMESPACES)
+    try:
+        yield InMemoryState(store=store)
+    finally:
+        store.close()
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "memory": Implementation(_memory),
+    "sqlite": Implementation(_sqlite),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "any_owner: the test writes as several owners (skipped where a caller "
+        "can only write as itself)")
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    impl = IMPLEMENTATIONS[request.param]
+    if request.node.get_closest_marker("any_owner") and not impl.any_owner:
+        pytest.skip(f"{request.param}: a caller writes only as itself")
+    with impl.open(tmp_path) as st:
+        yield st
+
+
+@pytest.fixture
+def ns() -> str:
+    return NAMESPACES[0]
+
+
+@pytest.fixture
+def other_ns() -> str:
+    return NAMESPACES[1]
+
+
+def expect_event(watch: Any, kind: str, id: str | None = None) -> Any:
+    """The watch's next event, which must come within 5 s and be of ``kind``
+    (and about ``id``, when given)."""
+    event = watch.next(timeout=5)
+    assert event is not None, f"timed out waiting for a {kind!r} event"
+    assert event.kind == kind, f"expected {kind!r}, got {event.kind!r}: {event}"
+    if id is not None:
+        assert event.resource is not None and event.resource.metadata.id == id, event
+    return event
+
+
+@pytest.fixture
+def expect() -> Callable[..., Any]:
+    """:func:`expect_event`, for test modules (which cannot import conftest)."""
+    return expect_event
