@@ -232,6 +232,7 @@ class Supervisor:
             if self.router in events:
                 self._serve_requests()
             self.supervision.reap()
+            self._check_ready()
             self._handle_signals()
             while not self._probe_results.empty():
                 self._finish_scan(self._probe_results.get())

@@ -42,6 +42,7 @@ class Supervision:
         self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
         self.tokens: dict[str, str] = {}
         self.stopping = False
+        self._next_refresh = 0.0
 
     # -- declarations --------------------------------------------------------
     def apply_probes(self, results: list[ProbeResult]) -> dict[str, list[str]]:
@@ -145,9 +146,9 @@ class Supervision:
         if slot.placement is not None:
             self.limiter.release(slot.placement)
         self.tokens.pop(slot.token, None)
-        slot.proc, slot.token = None, ""
         log.log(logging.INFO if slot.kill_reason else logging.WARNING,
-                "%s (pid) ended: %s", slot.name, reason)
+                "%s (pid %d) ended: %s", slot.name, slot.pid, reason)
+        slot.proc, slot.token = None, ""
         if slot.state == STOPPED:
             self._forget(slot) if not self.stopping else self.status.update(slot)
             return
@@ -176,7 +177,18 @@ class Supervision:
                     now - slot.last_seen > self.timing.hung_after:
                 log.error("%s stopped answering for %.0f s: killing it", slot.name, now - slot.last_seen)
                 processes.kill(slot, reason="hung")
-        return max(0.0, wake - now)
+        self.refresh()
+        return max(0.0, min(wake, self._next_refresh) - now)
+
+    def refresh(self) -> None:
+        """Republish every live controller's status (usage, counters, uptime)."""
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + self.timing.usage_every
+        for slot in self.slots.values():
+            if slot.alive():
+                self.status.update(slot)
 
     def kill_stragglers(self) -> None:
         for slot in self.slots.values():
