@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator, Sequence
 import zmq
 
 from . import wire
-from .errors import (ConflictError, InvalidRequestError, NotFoundError, OverrunError, OwnerConflictError,
-                     UnavailableError)
-from .resource import Resource, pack, unpack, validate
+from .errors import InvalidRequestError, OverrunError, UnavailableError
+from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
+from .state.modify import modify_spec
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark)
 from .transport import Requester, Subscriber, endpoint
@@ -101,33 +101,10 @@ class Client:
 
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str = "") -> Resource:
-        while True:
-            try:
-                cur = self.get(namespace, type, id)
-            except NotFoundError:
-                spec: Any = {}
-                result = fn(spec)
-                try:
-                    return self.create(Resource(namespace, type, id, spec if result is None else result),
-                                       owner=owner)
-                except ConflictError as exc:
-                    if exc.__class__ is not ConflictError:
-                        raise
-                    continue
-            if cur.metadata.owner != owner and not self._token:
-                raise OwnerConflictError(
-                    f"cannot modify {namespace}/{type}/{id}: owned by {cur.metadata.owner!r}, not {owner!r}")
-            spec = unpack(pack(cur)).spec
-            result = fn(spec)
-            spec = spec if result is None else result
-            if spec == cur.spec:
-                return cur
-            cur.spec = spec
-            try:
-                return self.update(cur, owner=owner)
-            except ConflictError as exc:
-                if exc.__class__ is not ConflictError:
-                    raise
+        res, _written = modify_spec(
+            namespace, type, id, fn, owner=owner, get=self.get,
+            create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
+        return res
 
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         self.call("destroy", namespace=namespace, type=type, id=id, owner=owner)
@@ -160,8 +137,15 @@ class RemoteWatch:
 
     def __init__(self, client: Client, namespace: str, type: str, *, id: str | None = None,
                  bootstrap: bool = False, labels: Any = None, since: str | None = None) -> None:
+        check_name("namespace", namespace)
+        check_name("type", type)
+        if id is not None:
+            check_name("id", id)
+        if bootstrap and since is not None:
+            raise InvalidRequestError("since: a watch resumes from a bookmark or bootstraps, not both")
         self._ns, self._type, self._id = namespace, type, id
         self._query = parse_query(labels)
+        self._closed = False
         self._topic = wire.topic(namespace, type)
         self._pending: collections.deque[Event] = collections.deque()
         self._done = False
@@ -255,7 +239,7 @@ class RemoteWatch:
         """The next event; None on timeout or once the watch has ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._pending:
-            if self._done:
+            if self._done or self._closed:
                 return None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             item = self._sub.recv(remaining)
@@ -285,5 +269,6 @@ class RemoteWatch:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._sub.close()
         self._req.close()

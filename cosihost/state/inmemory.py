@@ -15,12 +15,13 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import ConflictError, InvalidRequestError, NotFoundError, OwnerConflictError, PhaseConflictError
+from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, PHASE_TEARING_DOWN, Resource, check_name, check_phase,
                         check_strings, pack, unpack, validated_copy)
 from ..selectors import parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
                      Watch, decode, kind_translator, make_bookmark, parse_bookmark)
+from .modify import modify_spec, require_owner, require_phase
 from .persist import Store
 
 DEFAULT_HISTORY = 8192
@@ -66,20 +67,6 @@ def _compile_regex(id_regex: str | None) -> re.Pattern[str] | None:
         return re.compile(id_regex)
     except re.error as exc:
         raise InvalidRequestError(f"id_regex: {exc}") from None
-
-
-def _require_owner(cur: Resource, owner: str, verb: str) -> None:
-    if cur.metadata.owner != owner:
-        md = cur.metadata
-        raise OwnerConflictError(
-            f"cannot {verb} {md.namespace}/{md.type}/{md.id}: owned by {md.owner!r}, not {owner!r}")
-
-
-def _require_phase(cur: Resource, expected: str | None) -> None:
-    md = cur.metadata
-    if expected is not None and md.phase != expected:
-        raise PhaseConflictError(
-            f"{md.namespace}/{md.type}/{md.id} is {md.phase}, expected {expected}")
 
 
 class InMemoryState:
@@ -217,12 +204,12 @@ class InMemoryState:
         with coll.cond:
             cur = coll.load(md.id)
             cmd = cur.metadata
-            _require_owner(cur, owner, "update")
+            require_owner(cur, owner, "update")
             if md.version != cmd.version:
                 raise ConflictError(
                     f"version conflict on {md.namespace}/{md.type}/{md.id}: "
                     f"expected {md.version}, stored {cmd.version}")
-            _require_phase(cur, expected_phase)
+            require_phase(cur, expected_phase)
             md.version, md.owner, md.phase = cmd.version + 1, cmd.owner, cmd.phase
             md.finalizers, md.created, md.updated = cmd.finalizers, cmd.created, self._clock()
             self._commit(coll, new, md.id, UPDATED, coll.items[md.id])
@@ -230,43 +217,19 @@ class InMemoryState:
 
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str = "") -> Resource:
-        """Read-modify-write: ``fn(spec)`` changes a copy (or returns a new spec).
+        """Read-modify-write: ``fn(spec)`` mutates a copy (see :func:`modify_spec`).
 
         Creates the resource from ``fn({})`` when missing; writes nothing when
         the spec did not change; retries when another writer got in between.
         As COSI's ``Modify``, it expects the resource running: one that is
-        tearing down is a PhaseConflictError even when ``fn`` changes nothing,
-        so a writer notices the teardown instead of silently doing nothing.
+        tearing down is a PhaseConflictError even when ``fn`` changes nothing.
         """
         _check_kind(namespace, type, id)
         _check_owner(owner)
-        while True:
-            try:
-                cur = self.get(namespace, type, id)
-            except NotFoundError:
-                spec: Any = {}
-                result = fn(spec)
-                new = Resource(namespace, type, id, spec if result is None else result)
-                try:
-                    return self.create(new, owner=owner)
-                except ConflictError as exc:
-                    if exc.__class__ is not ConflictError:
-                        raise
-                    continue
-            _require_owner(cur, owner, "modify")
-            _require_phase(cur, PHASE_RUNNING)
-            spec = cur.copy().spec
-            result = fn(spec)
-            if result is not None:
-                spec = result
-            if spec == cur.spec:
-                return cur
-            cur.spec = spec
-            try:
-                return self.update(cur, owner=owner)
-            except ConflictError as exc:
-                if exc.__class__ is not ConflictError:
-                    raise
+        res, _written = modify_spec(
+            namespace, type, id, fn, owner=owner, get=self.get,
+            create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
+        return res
 
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         _check_kind(namespace, type, id)
@@ -274,7 +237,7 @@ class InMemoryState:
         coll = self._collection(namespace, type)
         with coll.cond:
             cur = coll.load(id)
-            _require_owner(cur, owner, "destroy")
+            require_owner(cur, owner, "destroy")
             if cur.metadata.finalizers:
                 raise ConflictError(
                     f"cannot destroy {namespace}/{type}/{id}: finalizers pending: "
@@ -287,7 +250,7 @@ class InMemoryState:
         coll = self._collection(namespace, type)
         with coll.cond:
             cur = coll.load(id)
-            _require_owner(cur, owner, "tear down")
+            require_owner(cur, owner, "tear down")
             md = cur.metadata
             if md.phase != PHASE_TEARING_DOWN:
                 old = coll.items[id]

@@ -19,7 +19,6 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq

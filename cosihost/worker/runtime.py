@@ -14,9 +14,10 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..controller import Input, Output
-from ..errors import AccessDeniedError, ConflictError, NotFoundError
+from ..errors import AccessDeniedError, NotFoundError
 from ..resource import Resource, pack, unpack
 from ..transport import Requester
+from ..state.modify import modify_spec
 from .cache import Cache
 
 
@@ -103,34 +104,12 @@ class ControllerRuntime:
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any]) -> Resource:
         """Read-modify-write from the cache; on a conflict, re-read and retry."""
         self._writable(type)
-        while True:
-            try:
-                cur = self.get(namespace, type, id)
-            except NotFoundError:
-                spec: Any = {}
-                result = fn(spec)
-                new = Resource(namespace, type, id, spec if result is None else result)
-                try:
-                    return self.create(new)
-                except ConflictError as exc:
-                    if exc.__class__ is not ConflictError:
-                        raise
-                    self._refresh(namespace, type)
-                    continue
-            spec = unpack(pack(cur)).spec
-            result = fn(spec)
-            spec = spec if result is None else result
-            if spec == cur.spec:
-                if self._tracking is not None:
-                    self._tracking.add((namespace, type, id))
-                return cur
-            cur.spec = spec
-            try:
-                return self.update(cur)
-            except ConflictError as exc:
-                if exc.__class__ is not ConflictError:
-                    raise
-                self._refresh(namespace, type)
+        res, written = modify_spec(namespace, type, id, fn, owner=self.name, get=self.get,
+                                   create=self.create, update=self.update,
+                                   on_conflict=lambda: self._refresh(namespace, type))
+        if not written and self._tracking is not None:
+            self._tracking.add((namespace, type, id))
+        return res
 
     def _refresh(self, namespace: str, type: str) -> None:
         self._cache.resync(namespace, type, "write conflict")

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import uuid
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import pytest
 
 from cosihost.state import InMemoryState, SqliteStore
+from cosihost.testing import SupervisorProcess
 
 #: Every namespace the conformance tests write to; the SQLite implementation
 #: declares them all persistent so that every write goes through the store.
@@ -32,6 +34,9 @@ class Implementation:
     open: Callable[[Path], ContextManager[Any]]
     #: May a caller write as any owner (True in process), or only as itself?
     any_owner: bool = True
+    #: Opened on the session's shared supervisor instead of a temporary dir;
+    #: tests then get namespaces no other test uses.
+    shared: bool = False
 
 
 @contextlib.contextmanager
@@ -48,10 +53,32 @@ def _sqlite(tmp_path: Path) -> Iterator[InMemoryState]:
         store.close()
 
 
+@contextlib.contextmanager
+def _wire(supervisor: SupervisorProcess, *, admin: bool) -> Iterator[Any]:
+    """A client of a real supervisor (no controllers): the admin may write as
+    any owner; a user client writes only as "" (itself)."""
+    with supervisor.client(admin=admin) as client:
+        yield client
+
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "memory": Implementation(_memory),
     "sqlite": Implementation(_sqlite),
+    "wire": Implementation(lambda sup: _wire(sup, admin=True), shared=True),
+    "wire-user": Implementation(lambda sup: _wire(sup, admin=False), any_owner=False, shared=True),
 }
+
+
+@pytest.fixture(scope="session")
+def shared_supervisor() -> Iterator[SupervisorProcess]:
+    """One supervisor for every wire test (starting one per test costs more
+    than the test); tests then use namespaces of their own (see ``ns``)."""
+    sup = SupervisorProcess()
+    try:
+        sup.start()
+        yield sup
+    finally:
+        sup.cleanup()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,18 +92,25 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     impl = IMPLEMENTATIONS[request.param]
     if request.node.get_closest_marker("any_owner") and not impl.any_owner:
         pytest.skip(f"{request.param}: a caller writes only as itself")
-    with impl.open(tmp_path) as st:
+    where = request.getfixturevalue("shared_supervisor") if impl.shared else tmp_path
+    with impl.open(where) as st:
         yield st
 
 
-@pytest.fixture
-def ns() -> str:
-    return NAMESPACES[0]
+def _namespace(request: pytest.FixtureRequest, base: str) -> str:
+    callspec = getattr(request.node, "callspec", None)
+    impl = IMPLEMENTATIONS.get(callspec.params.get("state", "")) if callspec else None
+    return f"{base}-{uuid.uuid4().hex[:8]}" if impl is not None and impl.shared else base
 
 
 @pytest.fixture
-def other_ns() -> str:
-    return NAMESPACES[1]
+def ns(request: pytest.FixtureRequest) -> str:
+    return _namespace(request, NAMESPACES[0])
+
+
+@pytest.fixture
+def other_ns(request: pytest.FixtureRequest) -> str:
+    return _namespace(request, NAMESPACES[1])
 
 
 def expect_event(watch: Any, kind: str, id: str | None = None) -> Any:
