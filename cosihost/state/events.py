@@ -138,31 +138,44 @@ class Watch:
             self._history.cond.notify_all()
 
     def next(self, timeout: float | None = None) -> Event | None:
-        """The next event; None on timeout or once the watch has ended."""
-        cond = self._history.cond
+        """The next event; None on timeout or once the watch has ended.
+
+        Records are taken under the kind's lock but decoded outside it, so
+        many watchers do not hold up the writers of the kind they watch.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._pending:
+            records = self._take(deadline)
+            if records is None:
+                return None
+            for record in records:
+                self._pending.extend(self._translate(record))
+        event = self._pending.popleft()
+        if event.kind == ERROR:
+            self._done = True
+            self._pending.clear()
+        return event
+
+    def _take(self, deadline: float | None) -> list[Record] | None:
+        """Wait for records after the cursor and advance past them; None when
+        the watch is over or the deadline passed. An overrun queues the error."""
+        cond = self._history.cond
         with cond:
-            while not self._pending:
+            while True:
                 if self._closed or self._done:
                     return None
                 records = self._history.since(self._cursor)
                 if records is None:
-                    self._done = True
-                    return Event(ERROR, error="overrun: the watcher fell behind the "
-                                 "bounded history; resync with a new watch")
-                for record in records:
-                    self._cursor = record.seq
-                    self._pending.extend(self._translate(record))
-                if self._pending:
-                    break
+                    self._pending.append(Event(ERROR, error="overrun: the watcher fell behind the "
+                                               "bounded history; resync with a new watch"))
+                    return []
+                if records:
+                    self._cursor = records[-1].seq
+                    return records
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 cond.wait(remaining)
-            event = self._pending.popleft()
-            if event.kind == ERROR:
-                self._done = True
-            return event
 
 
 def decode(blob: bytes | None) -> Resource | None:
