@@ -48,8 +48,9 @@ class StatusWriter:
         self.mechanism = mechanism
 
     def _put(self, namespace: str, type: str, id: str, spec: dict[str, Any]) -> None:
-        def replace(_old: Any) -> dict[str, Any]:
-            return spec
+        def replace(current: dict[str, Any]) -> None:
+            current.clear()
+            current.update(spec)
         self.state.modify(namespace, type, id, replace, owner=SUPERVISOR)
 
     def _drop(self, namespace: str, type: str, id: str) -> None:

@@ -134,7 +134,8 @@ class WorkerLoop:
 
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
-        reply: dict[str, Any] = req.call("heartbeat", counters=self.rt.counters.as_dict(), kinds=kinds)
+        counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs)
+        reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
         self.reported = self._attempts()
         heads = [(ns, t, seq) for ns, t, seq in reply.get("heads", [])]
         self.suspects = self.cache.check_heads(heads, self.suspects)
