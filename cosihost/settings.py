@@ -56,6 +56,10 @@ class Timing:
     stop_timeout: float = 5.0
     probe_timeout: float = 15.0
     usage_every: float = 5.0
+    #: Events a controller's subscriber (and the publisher, per subscriber)
+    #: queues before dropping; a drop is a gap the controller then repairs.
+    subscriber_hwm: int = 100_000
+    publisher_hwm: int = 100_000
 
 
 @dataclasses.dataclass

@@ -132,6 +132,7 @@ def spawn(slot: Slot, *, runtime_dir: Path, timing: Timing, preexec: Any = None)
         "name": slot.name, "module": str(slot.module), "class": slot.cls,
         "secret": slot.secret, "runtime_dir": str(runtime_dir), "parent": os.getpid(),
         "heartbeat": timing.heartbeat, "backoff_cap": timing.backoff_cap,
+        "subscriber_hwm": timing.subscriber_hwm,
     }
     proc = subprocess.Popen([sys.executable, "-m", "cosihost.worker", "run"],
                             stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)

@@ -97,7 +97,7 @@ class Supervisor:
         self.router.setsockopt(zmq.LINGER, 0)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.setsockopt(zmq.SNDHWM, self.settings.timing.publisher_hwm)
         for name in (wire.API_SOCKET, wire.EVENTS_SOCKET):
             path = rd / name
             if path.exists():

@@ -91,7 +91,8 @@ def run() -> int:
         raise SystemExit(f"{config['module']} no longer defines {config['class']}")
     settings = WorkerSettings(name=name, runtime_dir=config["runtime_dir"], secret=config["secret"],
                               heartbeat=config.get("heartbeat", 1.0),
-                              backoff_cap=config.get("backoff_cap", 30.0))
+                              backoff_cap=config.get("backoff_cap", 30.0),
+                              subscriber_hwm=config.get("subscriber_hwm", 100_000))
     WorkerLoop(cls(), settings).run()
     return 0
 

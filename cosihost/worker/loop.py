@@ -37,6 +37,7 @@ class WorkerSettings:
     backoff_base: float = 0.1
     backoff_cap: float = 30.0
     request_timeout: float = 5.0
+    subscriber_hwm: int = 100_000
 
 
 class WorkerLoop:
@@ -64,7 +65,7 @@ class WorkerLoop:
         reg = req.call("register", name=s.name, secret=s.secret, inputs=decl["inputs"],
                        outputs=decl["outputs"], pid=os.getpid(), definitions=decl["definitions"])
         req.token = reg["token"]
-        sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET))
+        sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), hwm=s.subscriber_hwm)
         self.cache = Cache(req, sub, self._on_change)
         self.rt = ControllerRuntime(s.name, req, self.cache,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
