@@ -60,6 +60,9 @@ class Timing:
     #: queues before dropping; a drop is a gap the controller then repairs.
     subscriber_hwm: int = 100_000
     publisher_hwm: int = 100_000
+    #: Fork controllers from a preloaded zygote (fast restarts) rather than
+    #: starting a fresh interpreter each time.
+    zygote: bool = True
 
 
 @dataclasses.dataclass

@@ -96,7 +96,7 @@ class Slot:
     decl: Declaration | None
     state: str = STARTING
     reason: str = ""
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Any = None  # subprocess.Popen or zygote.ZygoteProc
     secret: str = ""
     token: str = ""
     restarts: int = 0
@@ -122,18 +122,19 @@ class Slot:
         return self.proc is not None and self.proc.poll() is None
 
 
-def spawn(slot: Slot, *, runtime_dir: Path, timing: Timing, preexec: Any = None) -> None:
-    """Start the slot's process and hand it its settings and secret on stdin."""
+def worker_config(slot: Slot, *, runtime_dir: Path, timing: Timing) -> dict[str, Any]:
+    """A fresh secret and everything a controller process needs to start."""
     slot.secret = secrets.token_hex(16)
-    slot.token = ""
-    slot.attempted = False
-    slot.kill_reason = ""
-    config = {
+    return {
         "name": slot.name, "module": str(slot.module), "class": slot.cls,
         "secret": slot.secret, "runtime_dir": str(runtime_dir), "parent": os.getpid(),
         "heartbeat": timing.heartbeat, "backoff_cap": timing.backoff_cap,
         "subscriber_hwm": timing.subscriber_hwm,
     }
+
+
+def spawn_cold(config: dict[str, Any], *, preexec: Any = None) -> subprocess.Popen[bytes]:
+    """Start a fresh interpreter; the settings and secret go over stdin."""
     proc = subprocess.Popen([sys.executable, "-m", "cosihost.worker", "run"],
                             stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
     assert proc.stdin is not None
@@ -142,7 +143,14 @@ def spawn(slot: Slot, *, runtime_dir: Path, timing: Timing, preexec: Any = None)
         proc.stdin.close()
     except BrokenPipeError:
         pass
+    return proc
+
+
+def started(slot: Slot, proc: Any) -> None:
     slot.proc = proc
+    slot.token = ""
+    slot.attempted = False
+    slot.kill_reason = ""
     slot.state = STARTING
     slot.started_at = slot.last_seen = time.monotonic()
     slot.started_wall = time.time()

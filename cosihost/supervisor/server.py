@@ -218,7 +218,16 @@ class Supervisor:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         stop_deadline: float | None = None
+        zygote_fd = -1
         while True:
+            zygote = self.supervision.zygote
+            fd = zygote.fileno() if zygote is not None and zygote.alive() else -1
+            if fd != zygote_fd:
+                if zygote_fd >= 0:
+                    poller.unregister(zygote_fd)
+                if fd >= 0:
+                    poller.register(fd, zmq.POLLIN)
+                zygote_fd = fd
             wait = self.supervision.tick()
             ping_in = self.notifier.watchdog()
             if ping_in is not None:
@@ -228,6 +237,8 @@ class Supervisor:
             events = dict(poller.poll(int(wait * 1000) + 1))
             if self._wake_r.fileno() in events or self._wake_r in events:
                 self._drain_wakeups()
+            if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
+                zygote.pump()
             if self.router in events:
                 self._serve_requests()
             self.supervision.reap()
@@ -286,6 +297,8 @@ class Supervisor:
             if slot.alive() and slot.proc is not None:
                 slot.proc.kill()
                 slot.proc.wait()
+        if self.supervision.zygote is not None:
+            self.supervision.zygote.close()
         log.info("stopped")
 
     def _close(self) -> None:

@@ -25,6 +25,7 @@ from .limits import Limiter
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
 from .registry import Declaration, Registry
 from .status import StatusWriter
+from .zygote import Zygote
 
 log = logging.getLogger("cosihost.supervisor")
 Respond = Callable[[Reply], None]
@@ -43,6 +44,7 @@ class Supervision:
         self.tokens: dict[str, str] = {}
         self.stopping = False
         self._next_refresh = 0.0
+        self.zygote: Zygote | None = None
 
     # -- declarations --------------------------------------------------------
     def apply_probes(self, results: list[ProbeResult]) -> dict[str, list[str]]:
@@ -118,12 +120,31 @@ class Supervision:
         assert slot.decl is not None
         limits = {**slot.decl.limits, **self.settings.limits.get(slot.name, {})}
         slot.placement = self.limiter.prepare(slot.name, limits)
-        processes.spawn(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing,
-                        preexec=self.limiter.preexec(slot.placement))
+        config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
+        proc = None
+        zygote = self._zygote()
+        if zygote is not None:
+            try:
+                proc = zygote.spawn(config, getattr(slot.placement, "setup", None) or {})
+            except OSError as exc:
+                log.warning("zygote spawn of %s failed (%s); starting it cold", slot.name, exc)
+        if proc is None:
+            proc = processes.spawn_cold(config, preexec=self.limiter.preexec(slot.placement))
+        processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
         slot.next_start = None
         log.info("started %s (pid %d)", slot.name, slot.pid)
         self.status.update(slot)
+
+    def _zygote(self) -> Zygote | None:
+        """The fork server, (re)started on demand; None when disabled."""
+        if not self.timing.zygote:
+            return None
+        if self.zygote is None or not self.zygote.alive():
+            if self.zygote is not None:
+                self.zygote.close()
+            self.zygote = Zygote()
+        return self.zygote
 
     def reap(self) -> None:
         """Judge every process that has exited since the last look."""

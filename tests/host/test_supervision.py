@@ -223,3 +223,34 @@ def test_process_titles_name_the_supervisor_and_controllers(supervisor_factory):
     lines = ps.stdout.splitlines()
     assert any(line.startswith("cosihost: supervisor") for line in lines), lines
     assert any(line.startswith("cosihost: controller test.Relay") for line in lines), lines
+
+
+def _zygote_pid(sup) -> int:
+    for child in psutil.Process(sup.pid).children():
+        if "zygote" in " ".join(child.cmdline()):
+            return child.pid
+    return 0
+
+
+def test_killed_zygote_takes_its_children_and_both_come_back(supervisor_factory):
+    sup = supervisor_factory(config=FAST, controllers={"victim": VICTIM, "relay": RELAY})
+    with sup.client() as c:
+        victim = _running_pid(c, "test.Victim")
+        zygote = wait_for(lambda: _zygote_pid(sup), message="the zygote")
+        assert psutil.Process(victim).ppid() == zygote
+        os.kill(zygote, signal.SIGKILL)
+        new_victim = _running_pid(c, "test.Victim", not_pid=victim)
+        assert wait_for(lambda: _zygote_pid(sup) not in (0, zygote), message="a new zygote")
+        assert psutil.Process(new_victim).ppid() == _zygote_pid(sup)
+        c.create(Resource("relay-in", INT, "after", {"value": 7}))
+        wait_for(lambda: c.list("relay-out", STR, id_regex="^after$"), message="the relay to work again")
+
+
+def test_cold_starts_without_the_zygote(supervisor_factory):
+    sup = supervisor_factory(config=FAST + "zygote = false\n", controllers={"relay": RELAY})
+    with sup.client() as c:
+        relay = _running_pid(c, "test.Relay")
+        assert psutil.Process(relay).ppid() == sup.pid
+        assert _zygote_pid(sup) == 0
+        os.kill(relay, signal.SIGKILL)
+        _running_pid(c, "test.Relay", not_pid=relay)
