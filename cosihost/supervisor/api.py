@@ -84,6 +84,7 @@ class Api:
         self.host = host
         self.admin_token = admin_token
         self.last_record: Record | None = None
+        self.replayed = 0
         self._replies: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
 
     def saw(self, namespace: str, type: str, record: Record) -> None:
@@ -99,6 +100,7 @@ class Api:
             return wire.encode_reply(Reply.error("", exc))
         key = (req.token, req.rid)
         if req.op in WRITES and req.rid and key in self._replies:
+            self.replayed += 1  # a retry after a lost reply: answer, don't apply again
             return self._replies[key]
         try:
             caller = self._identify(req)
@@ -257,7 +259,7 @@ class Api:
 
     def op_ping(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe(),
-                "ready": self.host.ready, "pid": os.getpid()}
+                "ready": self.host.ready, "pid": os.getpid(), "replayed": self.replayed}
 
     def op_controllers(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
         return self.host.controllers()
