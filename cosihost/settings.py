@@ -63,6 +63,9 @@ class Timing:
     #: Fork controllers from a preloaded zygote (fast restarts) rather than
     #: starting a fresh interpreter each time.
     zygote: bool = True
+    #: How long a controller waits for a reply before it reopens its socket
+    #: and sends the request again (Lazy Pirate).
+    request_timeout: float = 5.0
 
 
 @dataclasses.dataclass

@@ -42,6 +42,8 @@ class Requester:
         self._prefix = uuid.uuid4().hex[:10]
         self._counter = 0
         self._sock: zmq.Socket | None = None
+        #: Requests sent again after a reply did not come in time.
+        self.resent = 0
 
     def _open(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.REQ)
@@ -70,6 +72,7 @@ class Requester:
                     return reply.result
                 raise error_from_code(reply.code, reply.message)
             self.close()  # the socket is stuck in "awaiting reply": reopen
+            self.resent += 1
         raise UnavailableError(
             f"no answer from the supervisor at {self.address} after "
             f"{self.retries + 1} tries of {self.timeout:g} s ({op})")

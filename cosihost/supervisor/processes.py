@@ -129,7 +129,7 @@ def worker_config(slot: Slot, *, runtime_dir: Path, timing: Timing) -> dict[str,
         "name": slot.name, "module": str(slot.module), "class": slot.cls,
         "secret": slot.secret, "runtime_dir": str(runtime_dir), "parent": os.getpid(),
         "heartbeat": timing.heartbeat, "backoff_cap": timing.backoff_cap,
-        "subscriber_hwm": timing.subscriber_hwm,
+        "subscriber_hwm": timing.subscriber_hwm, "request_timeout": timing.request_timeout,
     }
 
 

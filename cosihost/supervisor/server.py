@@ -19,14 +19,15 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
 from .. import wire
 from ..state import InMemoryState, SqliteStore
-from ..state.events import Record
 from ..settings import Settings
+from ..state.events import Record
 from ..wire import Reply
 from . import limits as limits_mod
 from . import processes
@@ -41,6 +42,24 @@ log = logging.getLogger("cosihost.supervisor")
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+def _lock_dir(directory: Path, doing: str) -> Any:
+    """Hold ``directory/supervisor.lock`` for our lifetime: one supervisor per folder."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    lock = open(directory / "supervisor.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise AlreadyRunning(f"another supervisor (pid {pid}) is {doing} {directory}") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 class Supervisor:
@@ -60,17 +79,9 @@ class Supervisor:
         rd = self.settings.runtime_dir
         rd.mkdir(parents=True, exist_ok=True, mode=0o750)
         os.chmod(rd, 0o750)
-        self._lock = open(rd / "supervisor.lock", "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            pid = self._lock.read().strip() or "?"
-            raise AlreadyRunning(f"another supervisor (pid {pid}) is serving {rd}") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
+        self._locks = [_lock_dir(rd, "serving")]
+        if self.settings.persistent_namespaces:
+            self._locks.append(_lock_dir(self.settings.state_dir, "keeping its state in"))
         self.admin_token = secrets.token_hex(16)
         token_file = rd / "admin.token"
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -148,6 +159,9 @@ class Supervisor:
         self._pending_reload.append(respond)
         self._start_scan()
 
+    def summary(self) -> str:
+        return self.supervision.summary()
+
     def controllers(self) -> list[bytes]:
         from .status import STATUS_NAMESPACE, STATUS_TYPE
         return self.state.snapshot(STATUS_NAMESPACE, STATUS_TYPE)[1]
@@ -161,13 +175,11 @@ class Supervisor:
             self.notifier.reloading()
         sup = self.supervision
         modules = processes.discover(self.settings.controllers_dir)
-        known = {s.module: s.digest for s in sup.slots.values()}
-        known.update({m: d for m, (d, _e) in sup.module_errors.items()})
+        known = sup.known_digests()
         for gone in set(known) - set(modules):
             for slot in [s for s in sup.slots.values() if s.module == gone]:
                 sup.remove(slot.name)
-            if sup.module_errors.pop(gone, None):
-                self.status.module_cleared(gone)
+            sup.forget_module(gone)
         todo = [m for m in modules if known.get(m) != processes.module_digest(m)]
         timeout = self.settings.timing.probe_timeout
 

@@ -41,6 +41,7 @@ class Supervision:
         self.limiter = limiter
         self.slots: dict[str, Slot] = {}
         self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
+        self.refused: dict[str, tuple[Path, str]] = {}  # "module.py:Class" -> (module, digest)
         self.tokens: dict[str, str] = {}
         self.stopping = False
         self._next_refresh = 0.0
@@ -53,6 +54,9 @@ class Supervision:
         summary: dict[str, list[str]] = {"started": [], "restarted": [], "refused": [], "failed": []}
         for result in sorted(results, key=lambda r: str(r.module)):
             self._retire_module(result.module, keep={d.get("name") for d in result.declarations})
+            for source, (mod, _digest) in list(self.refused.items()):
+                if mod == result.module:
+                    del self.refused[source]
             if result.error:
                 self.module_errors[result.module] = (result.digest, result.error)
                 self.status.module_failed(result.module, result.error)
@@ -78,7 +82,9 @@ class Supervision:
             why = why or f"controller name {name!r} is taken: {source} and {existing.module.name}:{existing.cls}"
         if why:
             log.error("refused %s: %s", source, why)
-            self.status.refused(name, source, why)
+            if existing is None:  # else the name's status belongs to the one running
+                self.status.refused(name, source, why)
+            self.refused[source] = (result.module, result.digest)
             summary["refused"].append(name)
             return
         assert decl is not None
@@ -93,6 +99,21 @@ class Supervision:
         self.slots[name] = slot
         summary["started"].append(name)
         self._start(slot)
+
+    def forget_module(self, module: Path) -> None:
+        """A module is gone or about to be probed again: drop what it left."""
+        for source, (mod, _digest) in list(self.refused.items()):
+            if mod == module:
+                del self.refused[source]
+        if self.module_errors.pop(module, None):
+            self.status.module_cleared(module)
+
+    def known_digests(self) -> dict[Path, str]:
+        """The digest of every module seen: running, refused or failed."""
+        known = {s.module: s.digest for s in self.slots.values()}
+        known.update({m: d for m, d in self.refused.values()})
+        known.update({m: d for m, (d, _e) in self.module_errors.items()})
+        return known
 
     def _retire_module(self, module: Path, *, keep: set[Any]) -> None:
         """Stop controllers a changed module no longer defines."""
@@ -272,7 +293,9 @@ class Supervision:
             raise InvalidRequestError("inputs must be a list")
         data = {"name": slot.name, "inputs": inputs, "outputs": [o.to_wire() for o in slot.decl.outputs]}
         decl = Declaration.from_wire(data, source=slot.decl.source)
-        slot.decl.inputs = decl.inputs
+        if decl.inputs != slot.decl.inputs:
+            slot.decl.inputs = decl.inputs
+            self.status.update(slot)
 
     # -- requests from people --------------------------------------------------
     def restart(self, name: str, respond: Respond | None) -> None:
@@ -302,6 +325,8 @@ class Supervision:
         for state in (STARTING, BACKOFF, CRASH_LOOP, REFUSED):
             if states.count(state):
                 text += f", {states.count(state)} {state}"
+        if self.refused:
+            text += f", {len(self.refused)} refused"
         if self.module_errors:
             text += f", {len(self.module_errors)} module(s) failed"
         return text

@@ -99,7 +99,8 @@ def run_config(config: dict[str, Any]) -> int:
     settings = WorkerSettings(name=name, runtime_dir=config["runtime_dir"], secret=config["secret"],
                               heartbeat=config.get("heartbeat", 1.0),
                               backoff_cap=config.get("backoff_cap", 30.0),
-                              subscriber_hwm=config.get("subscriber_hwm", 100_000))
+                              subscriber_hwm=config.get("subscriber_hwm", 100_000),
+                              request_timeout=config.get("request_timeout", 5.0))
     WorkerLoop(cls(), settings).run()
     return 0
 

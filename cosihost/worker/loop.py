@@ -135,7 +135,7 @@ class WorkerLoop:
 
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
-        counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs)
+        counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent)
         reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
         self.reported = self._attempts()
         heads = [(ns, t, seq) for ns, t, seq in reply.get("heads", [])]
