@@ -1,4 +1,10 @@
-"""The ``cosihost`` command line."""
+"""The ``cosihost`` command line.
+
+``run`` starts the supervisor; every other command is a client of a running
+one, found through ``--runtime-dir`` or ``COSIHOST_RUNTIME_DIR``. Errors a
+person can fix (no supervisor, unknown type, bad file, refused write) end
+the command with one line on stderr and exit status 1, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,21 @@ import sys
 
 import click
 
-from . import logs
-from .errors import CosiError
-from .settings import Settings
+from .. import logs
+from ..errors import CosiError
+from ..settings import Settings
+from .admin import controllers, graph, reload, restart
+from .common import Group
+from .resources import apply, delete, get
 
 
-@click.group()
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """cosihost: a COSI-style controller host for devices."""
+    """cosihost: a COSI-style controller host for devices.
+
+    Start the supervisor with `cosihost run`; in another terminal,
+    `cosihost get links` shows what the controllers found.
+    """
 
 
 @main.command()
@@ -27,7 +40,7 @@ def main() -> None:
               help="TOML file: persistent namespaces, limits, timings.")
 def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | None, config: str | None) -> None:
     """Run the supervisor in the foreground."""
-    from .supervisor import AlreadyRunning, Supervisor
+    from ..supervisor import AlreadyRunning, Supervisor
 
     logs.setup("supervisor")
     try:
@@ -41,3 +54,7 @@ def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | N
         sys.exit(Supervisor(settings).run())
     except (AlreadyRunning, CosiError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+for _command in (get, apply, delete, controllers, restart, reload, graph):
+    main.add_command(_command)

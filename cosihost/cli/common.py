@@ -1,0 +1,170 @@
+"""What every client command shares: finding the supervisor, turning errors
+into one line, and resolving a type argument through ResourceDefinitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .. import wire
+from ..client import Client
+from ..errors import CosiError, UnavailableError
+from ..settings import ENV_RUNTIME_DIR, default_runtime_dir
+
+DEFINITION_TYPE = "ResourceDefinitions.meta.cosihost.dev"
+DEFINITION_NAMESPACE = "meta"
+STATUS_TYPE = "ControllerStatuses.runtime.cosihost.dev"
+STATUS_NAMESPACE = "runtime"
+DEFAULT_NAMESPACE = "default"
+
+#: How long a client command waits for the first answer before saying that
+#: no supervisor is there. Later requests use the client's usual timeout.
+PING_TIMEOUT = 2.0
+
+
+def runtime_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--runtime-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        envvar=ENV_RUNTIME_DIR, show_envvar=True,
+        help="The supervisor's runtime folder (default: where `cosihost run` puts it).")(fn)
+
+
+def resolve_runtime_dir(runtime_dir: Path | None) -> Path:
+    return Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
+
+
+def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1) -> Client:
+    """A client of the supervisor at ``runtime_dir``, proven to answer; one
+    clear error line (and exit 1) when nothing answers there. The client is
+    closed when the command ends."""
+    rdir = resolve_runtime_dir(runtime_dir)
+    sock = rdir / wire.API_SOCKET
+    if not sock.exists():
+        raise click.ClickException(f"no supervisor answering at {rdir} (no {wire.API_SOCKET} there; "
+                                   f"start one with `cosihost run` or set --runtime-dir / {ENV_RUNTIME_DIR})")
+    if not os.access(sock, os.R_OK | os.W_OK):
+        raise click.ClickException(f"no supervisor answering at {rdir}: permission denied on {sock} "
+                                   "(run as the supervisor's user or group)")
+    client = Client(rdir, timeout=timeout, retries=retries)
+    try:
+        client.requester(timeout=PING_TIMEOUT, retries=0).call("ping")
+    except UnavailableError:
+        client.close()
+        raise click.ClickException(f"no supervisor answering at {rdir}") from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.obj = {"runtime_dir": rdir}
+        ctx.call_on_close(client.close)
+    return client
+
+
+def complete(ctx: click.Context, incomplete: str, names: Callable[[Client], list[str]]) -> list[str]:
+    """Shell completion from the running supervisor: quick, and silent
+    (no candidates) when there is none."""
+    try:
+        rdir = resolve_runtime_dir(ctx.params.get("runtime_dir"))
+        if not (rdir / wire.API_SOCKET).exists():
+            return []
+        with Client(rdir, timeout=0.5, retries=0) as client:
+            found = names(client)
+    except Exception:
+        return []
+    return [n for n in found if n.lower().startswith(incomplete.lower())]
+
+
+def alive(client: Client) -> bool:
+    try:
+        client.requester(timeout=PING_TIMEOUT, retries=0).call("ping")
+        return True
+    except UnavailableError:
+        return False
+
+
+class Group(click.Group):
+    """The command group: a state error ends the command with one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UnavailableError as exc:
+            where = (ctx.obj or {}).get("runtime_dir", "")
+            raise click.ClickException(f"the supervisor at {where} stopped answering ({exc})") from None
+        except CosiError as exc:
+            raise click.ClickException(one_line(str(exc))) from None
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# -- types ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TypeInfo:
+    """A resolved type argument: the type and how to show it."""
+
+    type: str
+    default_namespace: str = DEFAULT_NAMESPACE
+    print_columns: tuple[tuple[str, str], ...] = ()
+    sensitive: bool = False
+    defined: bool = False
+
+    @property
+    def short(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "TypeInfo | None":
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            return None
+        columns = []
+        for col in spec.get("print_columns") or []:
+            if isinstance(col, (list, tuple)) and len(col) == 2:
+                columns.append((str(col[0]), str(col[1])))
+        return cls(spec["type"], str(spec.get("default_namespace") or DEFAULT_NAMESPACE),
+                   tuple(columns), bool(spec.get("sensitive")), True)
+
+
+class Definitions:
+    """The ResourceDefinitions the supervisor publishes, for name lookups."""
+
+    def __init__(self, specs: list[Any]) -> None:
+        self.infos: dict[str, TypeInfo] = {}
+        self.names: dict[str, set[str]] = {}     # lowercased type or alias -> types
+        self.shorts: dict[str, set[str]] = {}    # lowercased first segment -> types
+        self.spellings: set[str] = set()         # every name as written, for completion
+        for spec in specs:
+            info = TypeInfo.from_spec(spec)
+            if info is None:
+                continue
+            self.infos[info.type] = info
+            for name in [info.type, *(a for a in spec.get("aliases") or [] if isinstance(a, str))]:
+                self.names.setdefault(name.lower(), set()).add(info.type)
+                self.spellings.add(name)
+            self.shorts.setdefault(info.short.lower(), set()).add(info.type)
+
+    @classmethod
+    def load(cls, client: Client) -> "Definitions":
+        return cls([r.spec for r in client.list(DEFINITION_NAMESPACE, DEFINITION_TYPE)])
+
+    def resolve(self, name: str) -> TypeInfo:
+        """A type from its full name, an alias or its plural first segment,
+        case-insensitively; a dotted name nobody defined is taken as is."""
+        key = name.lower()
+        found = self.names.get(key) or self.shorts.get(key) or set()
+        if len(found) == 1:
+            return self.infos[next(iter(found))]
+        if len(found) > 1:
+            raise click.ClickException(
+                f"type {name!r} is ambiguous: it names {', '.join(sorted(found))}; give the full type name")
+        if "." in name:
+            return TypeInfo(name)
+        raise click.ClickException(
+            f"unknown type {name!r}: no resource definition has that name or alias "
+            "(`cosihost get rd` lists them)")
+
+    def completions(self) -> list[str]:
+        return sorted(self.spellings)
