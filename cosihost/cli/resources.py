@@ -57,7 +57,7 @@ def get(type_: str, id_: str | None, namespace: str | None, output: str, selecto
     \b
       cosihost get links
       cosihost get links lo -o yaml
-      cosihost get addresses -l family=inet --watch
+      cosihost get links -l kind=ether --watch
     """
     if id_ is not None and selectors:
         raise click.UsageError("-l selects among many resources; it does not combine with an ID")
