@@ -114,6 +114,9 @@ class Container:
         self.controllers = base / "controllers"
         self.controllers.mkdir()
         self.python_binds = _binds_for_python()
+        # A copy: `stop` must work even if the checkout moves while the tests run.
+        self.recipe = base / RECIPE.name
+        shutil.copy2(RECIPE, self.recipe)
 
     def _files(self) -> list[str]:
         b = self.base
@@ -150,7 +153,7 @@ class Container:
 
     def boot(self) -> None:
         env = dict(self.env, EXTRA=" ".join(shlex.quote(a) for a in self._files()))
-        done = subprocess.run(["bash", str(RECIPE), "boot"], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["bash", str(self.recipe), "boot"], env=env, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             console = (self.base / "state" / "console.log")
             log = console.read_text(errors="replace") if console.exists() else ""
@@ -160,10 +163,13 @@ class Container:
             raise AssertionError(f"container did not boot:\n{why}")
 
     def stop(self) -> None:
-        subprocess.run(["bash", str(RECIPE), "stop"], env=self.env, capture_output=True, timeout=60)
+        done = subprocess.run(["bash", str(self.recipe), "stop"], env=self.env, capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"could not stop container {self.name}: {done.stdout}{done.stderr}")
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["bash", str(RECIPE), "exec", *cmd], env=self.env, capture_output=True,
+        done = subprocess.run(["bash", str(self.recipe), "exec", *cmd], env=self.env, capture_output=True,
                               text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
