@@ -76,12 +76,19 @@ def complete(ctx: click.Context, incomplete: str, names: Callable[[Client], list
     return [n for n in found if n.lower().startswith(incomplete.lower())]
 
 
-def alive(client: Client) -> bool:
-    try:
-        client.requester(timeout=PING_TIMEOUT, retries=0).call("ping")
-        return True
-    except UnavailableError:
-        return False
+class Pinger:
+    """Asks, now and then, whether the supervisor still answers (one
+    requester for the whole life of a long command such as ``--watch``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._req = client.requester(timeout=PING_TIMEOUT, retries=0)
+
+    def alive(self) -> bool:
+        try:
+            self._req.call("ping")
+            return True
+        except UnavailableError:
+            return False
 
 
 class Group(click.Group):

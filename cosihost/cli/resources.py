@@ -14,7 +14,7 @@ import yaml
 from ..client import Client
 from ..errors import ConflictError, NotFoundError, OwnerConflictError, PhaseConflictError
 from ..resource import Resource
-from .common import Definitions, TypeInfo, alive, complete, connect, runtime_dir_option
+from .common import Definitions, Pinger, TypeInfo, complete, connect, runtime_dir_option
 from .output import FORMATS, View
 
 # -- completion ------------------------------------------------------------------
@@ -86,6 +86,7 @@ def _watch(client: Client, view: View, ns: str, type: str, id: str | None, label
         watch = client.watch_kind(ns, type, bootstrap=True, labels=labels)
         bootstrapping = True
     first: list[Resource] = []
+    pinger = Pinger(client)
     if not bootstrapping:
         view.header()
     try:
@@ -93,7 +94,7 @@ def _watch(client: Client, view: View, ns: str, type: str, id: str | None, label
             while True:
                 event = watch.next(timeout=2.0)
                 if event is None:
-                    if not alive(client):
+                    if not pinger.alive():
                         raise click.ClickException(f"the supervisor at {client.runtime_dir} stopped answering")
                     continue
                 if event.kind == "error":

@@ -286,6 +286,16 @@ class Extra(Controller):
     assert cli.ok("reload") == "reloaded: nothing changed\n"
     assert "test.Extra" in cli.ok("controllers")
 
+    # A watch whose supervisor goes away says so and ends, instead of hanging.
+    lines = cli.stream("get", "cs", "--watch", "-o", "json")
+    try:
+        assert json.loads(lines.next())["event"] == "created"
+        sup.stop()
+        assert lines.proc.wait(timeout=20) == 1
+        assert "stopped answering" in lines.proc.stderr.read()
+    finally:
+        cli.close()
+
 
 # -- finding the supervisor, completion ------------------------------------------------
 
