@@ -54,7 +54,12 @@ VERBS: dict[str, tuple[str, ...]] = {
 
 
 class WireError(InvalidRequestError):
-    """A frame that is not a well-formed message."""
+    """A frame that is not a well-formed message; ``rid`` is the request id
+    when one could be read, so the error reply can name its request."""
+
+    def __init__(self, message: str, rid: str = "") -> None:
+        super().__init__(message)
+        self.rid = rid
 
 
 @dataclasses.dataclass
@@ -113,22 +118,31 @@ def encode_request(req: Request) -> bytes:
     return _pack({"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args})
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A peer's value in an error message, never longer than ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def decode_request(frame: bytes) -> Request:
     msg = _unpack(frame)
     if not isinstance(msg, dict):
         raise WireError("a request must be a msgpack map")
-    if msg.get("v") != PROTOCOL:
-        raise WireError(f"protocol version {msg.get('v')!r} is not supported (want {PROTOCOL})")
-    op, rid, token, args = msg.get("op"), msg.get("rid", ""), msg.get("tok", ""), msg.get("args", {})
+    rid = msg.get("rid", "")
+    echo = rid if isinstance(rid, str) else ""
+    version = msg.get("v")
+    if type(version) is not int or version != PROTOCOL:  # not True, not 1.0
+        raise WireError(f"protocol version {_short(version)} is not supported (want {PROTOCOL})", echo)
+    op, token, args = msg.get("op"), msg.get("tok", ""), msg.get("args", {})
     if not isinstance(op, str) or op not in VERBS:
-        raise WireError(f"unknown verb {op!r}")
+        raise WireError(f"unknown verb {_short(op)}", echo)
     if not isinstance(rid, str) or not isinstance(token, str):
-        raise WireError("'rid' and 'tok' must be strings")
+        raise WireError("'rid' and 'tok' must be strings", echo)
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise WireError("'args' must be a map with string keys")
+        raise WireError("'args' must be a map with string keys", echo)
     missing = [name for name in VERBS[op] if name not in args]
     if missing:
-        raise WireError(f"{op}: missing argument(s) {', '.join(missing)}")
+        raise WireError(f"{op}: missing argument(s) {', '.join(missing)}", echo)
     return Request(op, args, rid, token)
 
 

@@ -9,7 +9,7 @@ Every check raises AccessDeniedError saying which rule was broken.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import AccessDeniedError, InvalidRequestError
 from .registry import Declaration, Registry
@@ -64,7 +64,10 @@ def check_write(caller: Caller, registry: Registry, namespace: str, type: str) -
 
 
 def check_finalizers(caller: Caller, registry: Registry, namespace: str, type: str,
-                     resource_owner: str) -> None:
+                     resource_owner: Callable[[], str]) -> None:
+    """``resource_owner`` looks the resource up; it is called only once the
+    declaration allows the request, so a refused caller learns nothing (not
+    even whether the resource exists)."""
     if caller.admin:
         return
     if caller.decl is not None:
@@ -74,6 +77,7 @@ def check_finalizers(caller: Caller, registry: Registry, namespace: str, type: s
                 f"not {namespace}/{type}")
         return
     check_write(caller, registry, namespace, type)
-    if resource_owner:
+    owner = resource_owner()
+    if owner:
         raise AccessDeniedError(
-            f"user clients cannot change finalizers of {namespace}/{type}: owned by {resource_owner}")
+            f"user clients cannot change finalizers of {namespace}/{type}: owned by {owner}")

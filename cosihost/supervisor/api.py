@@ -5,12 +5,16 @@ request checked against the caller's declaration and then applied to the
 state. Whatever a peer sends, the answer is a reply (an error reply for
 anything wrong) and never an exception escaping into the main loop. Write
 replies are remembered by request id, so a retried write (Lazy Pirate) gets
-the first answer instead of being applied twice.
+the first answer instead of being applied twice; a retry of a deferred write
+(restart, reload) that is still running waits for the same answer. A request
+id is remembered with a digest of its frame: the same id on a different
+request is refused rather than answered with another request's reply.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 from typing import Any, Callable, Protocol
@@ -24,6 +28,7 @@ from ..wire import Reply, Request
 from . import access
 from .access import ADMIN, USER, Caller
 from .registry import Registry
+from .status import STATUS_NAMESPACE, STATUS_TYPE
 
 log = logging.getLogger("cosihost.supervisor")
 
@@ -48,6 +53,7 @@ class Host(Protocol):
     def restart(self, name: str, respond: Respond) -> None: ...
     def reload(self, respond: Respond) -> None: ...
     def controllers(self) -> list[bytes]: ...
+    def summary(self) -> str: ...
 
 
 class Deferred(Exception):
@@ -85,7 +91,10 @@ class Api:
         self.admin_token = admin_token
         self.last_record: Record | None = None
         self.replayed = 0
-        self._replies: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+        #: (token, rid) -> (frame digest, encoded reply) of answered writes.
+        self._replies: collections.OrderedDict[tuple[str, str], tuple[bytes, bytes]] = collections.OrderedDict()
+        #: (token, rid) -> (frame digest, responders) of deferred writes not answered yet.
+        self._inflight: dict[tuple[str, str], tuple[bytes, list[Respond]]] = {}
 
     def saw(self, namespace: str, type: str, record: Record) -> None:
         """State hook: remember the record a write just produced."""
@@ -95,16 +104,42 @@ class Api:
     def handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
         """Answer one request frame; None when the answer is deferred."""
         try:
+            return self._handle(frame, respond_later)
+        except Exception as exc:  # a bug here must not take the supervisor down
+            log.exception("request handling failed")
+            return wire.encode_reply(Reply(False, "", code="internal", message=f"internal error: {exc!r}"))
+
+    def _handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
+        try:
             req = wire.decode_request(frame)
-        except CosiError as exc:
-            return wire.encode_reply(Reply.error("", exc))
+        except wire.WireError as exc:
+            return wire.encode_reply(Reply.error(exc.rid, exc))
         key = (req.token, req.rid)
-        if req.op in WRITES and req.rid and key in self._replies:
-            self.replayed += 1  # a retry after a lost reply: answer, don't apply again
-            return self._replies[key]
+        remember = req.op in WRITES and bool(req.rid)
+        digest = hashlib.blake2b(frame, digest_size=16).digest() if remember else b""
+        if remember:
+            seen = self._replies.get(key) or self._inflight.get(key)
+            if seen is not None:
+                if seen[0] != digest:
+                    return wire.encode_reply(Reply.error(req.rid, InvalidRequestError(
+                        f"request id {req.rid!r} was already used for another request")))
+                self.replayed += 1  # a retry after a lost reply: answer, don't apply again
+                if key in self._replies:
+                    return self._replies[key][1]
+                self._inflight[key][1].append(respond_later(req.rid))  # still running: same answer, once
+                return None
+
+        def later() -> Respond:
+            if not remember:
+                return respond_later(req.rid)
+            self._inflight[key] = (digest, [respond_later(req.rid)])
+            if len(self._inflight) > REPLY_CACHE:  # answers that never came: forget the oldest
+                del self._inflight[next(iter(self._inflight))]
+            return lambda reply: self._answer_deferred(key, digest, reply)
+
         try:
             caller = self._identify(req)
-            result = getattr(self, "op_" + req.op)(caller, req.args, lambda: respond_later(req.rid))
+            result = getattr(self, "op_" + req.op)(caller, req.args, later)
             reply = Reply(True, req.rid, result=result)
         except Deferred:
             return None
@@ -114,11 +149,23 @@ class Api:
             log.exception("request %s failed", req.op)
             reply = Reply(False, req.rid, code="internal", message=f"internal error: {exc!r}")
         encoded = wire.encode_reply(reply)
-        if req.op in WRITES and req.rid:
-            self._replies[key] = encoded
-            if len(self._replies) > REPLY_CACHE:
-                self._replies.popitem(last=False)
+        if remember:
+            self._inflight.pop(key, None)  # answered now after all
+            self._remember(key, digest, encoded)
         return encoded
+
+    def _remember(self, key: tuple[str, str], digest: bytes, encoded: bytes) -> None:
+        self._replies[key] = (digest, encoded)
+        if len(self._replies) > REPLY_CACHE:
+            self._replies.popitem(last=False)
+
+    def _answer_deferred(self, key: tuple[str, str], digest: bytes, reply: Reply) -> None:
+        """Send a deferred write's reply to the request and every retry of it."""
+        _digest, responders = self._inflight.pop(key, (digest, []))
+        reply.rid = key[1]
+        self._remember(key, digest, wire.encode_reply(reply))
+        for respond in responders:
+            respond(reply)
 
     def _identify(self, req: Request) -> Caller:
         if req.op == "register":
@@ -186,10 +233,11 @@ class Api:
     def _finalizers(self, caller: Caller, args: dict[str, Any], add: bool) -> dict[str, Any]:
         ns, typ, rid = _names(args)
         fins = args["finalizers"]
-        if not isinstance(fins, list):
-            raise InvalidRequestError("finalizers must be a list of strings")
+        if not isinstance(fins, list) or not all(isinstance(f, str) and f for f in fins):
+            raise InvalidRequestError("finalizers must be a list of non-empty strings")
+        # The rules first, so that a caller learns nothing about a kind it may not touch.
         access.check_finalizers(caller, self.host.registry, ns, typ,
-                                self.state.get(ns, typ, rid).metadata.owner)
+                                lambda: self.state.get(ns, typ, rid).metadata.owner)
         self.last_record = None
         verb = self.state.add_finalizer if add else self.state.remove_finalizer
         return self._write_result(verb(ns, typ, rid, *fins))
@@ -248,9 +296,12 @@ class Api:
     def op_heartbeat(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         if caller.decl is None:
             raise AccessDeniedError("only controllers send heartbeats")
+        kinds = args.get("kinds") or []
+        if not isinstance(kinds, list):
+            raise InvalidRequestError("heartbeat: kinds must be a list of [namespace, type, seq]")
         self.host.heartbeat(caller, args)
         heads = []
-        for entry in args.get("kinds") or []:
+        for entry in kinds:
             if isinstance(entry, list) and len(entry) == 3:
                 ns, typ = entry[0], entry[1]
                 if isinstance(ns, str) and isinstance(typ, str) and caller.decl.reads(ns, typ):
@@ -259,9 +310,11 @@ class Api:
 
     def op_ping(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe(),
-                "ready": self.host.ready, "pid": os.getpid(), "replayed": self.replayed}
+                "ready": self.host.ready, "pid": os.getpid(), "replayed": self.replayed,
+                "summary": self.host.summary()}
 
     def op_controllers(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
+        access.check_read(caller, STATUS_NAMESPACE, STATUS_TYPE)
         return self.host.controllers()
 
     def op_restart(self, caller: Caller, args: dict[str, Any], later: Callable[[], Respond]) -> None:
