@@ -59,7 +59,7 @@ class Output:
 @dataclasses.dataclass(frozen=True)
 class ResourceDefinition:
     """How people see a type: aliases, default namespace, printed columns
-    (``{"NAME": "spec.field"}``), and whether its spec is sensitive."""
+    (``(("HEADER", "dotted.path.in.spec"), ...)``), and whether its spec is sensitive."""
 
     type: str
     aliases: tuple[str, ...] = ()

@@ -40,13 +40,18 @@ class ComponentFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{self.component}: {record.levelname.lower()}: {record.getMessage()}"
+        head = f"{self.component}: {record.levelname.lower()}: "
+        text = record.getMessage()
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
+        # Every line names its component, tracebacks included, so grepping
+        # for a controller's name finds all it said.
+        parts = text.splitlines() or [""]
+        lines = [head + parts[0]] + [f"{self.component}:   {line}" for line in parts[1:]]
         if not self.journal:
-            return text
+            return "\n".join(lines)
         prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
-        return "\n".join(prefix + line for line in text.splitlines())
+        return "\n".join(prefix + line for line in lines)
 
 
 def setup(component: str, *, level: int | str | None = None) -> None:

@@ -156,3 +156,15 @@ def parse_query(labels: str | Sequence[str] | Query | None) -> Query:
     if isinstance(labels, (list, tuple)):
         return Query(tuple(parse_selector(s) for s in labels))
     raise InvalidRequestError(f"labels: expected a selector string or a list of them, not {labels!r}")
+
+
+def compile_id_regex(id_regex: str | None) -> "re.Pattern[str] | None":
+    """Compile an id query; anything ``re`` refuses is an InvalidRequestError."""
+    if id_regex is None:
+        return None
+    if not isinstance(id_regex, str):
+        raise InvalidRequestError("id_regex must be a string")
+    try:
+        return re.compile(id_regex)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise InvalidRequestError(f"id_regex: {exc}") from None

@@ -37,6 +37,12 @@ def default_state_dir() -> Path:
     return Path(base) / "cosihost"
 
 
+def default_config() -> Path | None:
+    """``/etc/cosihost/config.toml`` for root, when it exists: optional."""
+    path = Path("/etc/cosihost/config.toml")
+    return path if os.geteuid() == 0 and path.is_file() else None
+
+
 def bundled_controllers_dir() -> Path:
     """The example controllers shipped beside the package (a source checkout)."""
     return Path(__file__).resolve().parent.parent / "controllers"
@@ -88,6 +94,7 @@ class Settings:
             runtime_dir=Path(runtime_dir) if runtime_dir else default_runtime_dir(),
             state_dir=Path(state_dir) if state_dir else default_state_dir(),
         )
+        config = config if config is not None else default_config()
         if config is not None:
             settings.apply_config(load_config(config))
         return settings

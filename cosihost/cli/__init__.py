@@ -37,11 +37,15 @@ def main() -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Folder for persistent namespaces.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="TOML file: persistent namespaces, limits, timings.")
+              help="TOML file: persistent namespaces, limits, timings "
+                   "(default for root: /etc/cosihost/config.toml if it exists).")
 def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | None, config: str | None) -> None:
     """Run the supervisor in the foreground."""
+    import faulthandler
+
     from ..supervisor import AlreadyRunning, Supervisor
 
+    faulthandler.enable()  # a watchdog abort then shows where the loop was stuck
     logs.setup("supervisor")
     try:
         settings = Settings.build(controllers_dir=controllers_dir, runtime_dir=runtime_dir,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, PHASE_TEARING_DOWN, Resource, check_name, check_phase,
                         check_strings, pack, unpack, validated_copy)
-from ..selectors import parse_query
+from ..selectors import compile_id_regex, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
                      Watch, decode, kind_translator, make_bookmark, parse_bookmark)
 from .modify import modify_spec, require_owner, require_phase
@@ -56,17 +56,6 @@ def _check_kind(namespace: Any, type: Any, id: Any = "-") -> None:
 def _check_owner(owner: Any) -> None:
     if not isinstance(owner, str):
         raise InvalidRequestError(f"owner must be a string, not {type(owner).__name__}")
-
-
-def _compile_regex(id_regex: str | None) -> re.Pattern[str] | None:
-    if id_regex is None:
-        return None
-    if not isinstance(id_regex, str):
-        raise InvalidRequestError("id_regex must be a string")
-    try:
-        return re.compile(id_regex)
-    except re.error as exc:
-        raise InvalidRequestError(f"id_regex: {exc}") from None
 
 
 class InMemoryState:
@@ -131,15 +120,22 @@ class InMemoryState:
             self._on_event(coll.namespace, coll.type, record)
         return blob
 
+    def _existing(self, namespace: str, type: str) -> Collection | None:
+        """The kind's collection if anything ever touched it: reads of unknown
+        kinds must not make new ones (a client could grow memory at will)."""
+        return self._collections.get((namespace, type))
+
     def _bookmark(self, seq: int) -> str:
         return make_bookmark(self.epoch, seq)
 
     # -- reads -----------------------------------------------------------
     def get(self, namespace: str, type: str, id: str) -> Resource:
         _check_kind(namespace, type, id)
-        coll = self._collection(namespace, type)
-        with coll.cond:
-            blob = coll.items.get(id)
+        coll = self._existing(namespace, type)
+        blob = None
+        if coll is not None:
+            with coll.cond:
+                blob = coll.items.get(id)
         if blob is None:
             raise NotFoundError(f"resource {namespace}/{type}/{id} doesn't exist")
         return unpack(blob)
@@ -148,8 +144,10 @@ class InMemoryState:
              id_regex: str | None = None) -> list[Resource]:
         _check_kind(namespace, type)
         query = parse_query(labels)
-        regex = _compile_regex(id_regex)
-        coll = self._collection(namespace, type)
+        regex = compile_id_regex(id_regex)
+        coll = self._existing(namespace, type)
+        if coll is None:
+            return []
         with coll.cond:
             items = sorted(coll.items.items())
         out = []
@@ -164,17 +162,22 @@ class InMemoryState:
     def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
         """The kind's sequence number and packed items, taken atomically."""
         _check_kind(namespace, type)
-        coll = self._collection(namespace, type)
+        coll = self._existing(namespace, type)
+        if coll is None:
+            return 0, []
         with coll.cond:
             return coll.history.seq, [coll.items[k] for k in sorted(coll.items)]
 
     def head(self, namespace: str, type: str) -> int:
         """The kind's latest sequence number (0 before any change)."""
-        return self._collection(namespace, type).history.seq
+        coll = self._existing(namespace, type)
+        return 0 if coll is None else coll.history.seq
 
     def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
         """Records after ``seq``, or None when history no longer has them all."""
-        coll = self._collection(namespace, type)
+        coll = self._existing(namespace, type)
+        if coll is None:
+            return []
         with coll.cond:
             return coll.history.since(seq)
 

@@ -81,7 +81,7 @@ def probe(module: Path, *, timeout: float) -> ProbeResult:
     except (ValueError, KeyError, TypeError):
         return ProbeResult(module, digest, [], "import printed something that is not a declaration")
     if not decls:
-        return ProbeResult(module, digest, [], "defines no Controller subclass")
+        return ProbeResult(module, digest, [], "defines no Controller subclass with a name")
     return ProbeResult(module, digest, decls)
 
 
@@ -94,6 +94,7 @@ class Slot:
     cls: str
     digest: str
     decl: Declaration | None
+    declared_inputs: list[Any] = dataclasses.field(default_factory=list)  # the module's, before update_inputs
     state: str = STARTING
     reason: str = ""
     proc: Any = None  # subprocess.Popen or zygote.ZygoteProc

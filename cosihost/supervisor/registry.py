@@ -32,10 +32,11 @@ class Declaration:
         try:
             inputs = [Input.from_wire(i) for i in data.get("inputs", [])]
             outputs = [Output.from_wire(o) for o in data.get("outputs", [])]
+            limits = dict(data.get("limits") or {})
+            definitions = list(data.get("definitions") or [])
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"declaration of {data.get('name')!r}: {exc}") from None
-        decl = cls(data.get("name", ""), inputs, outputs, source,
-                   dict(data.get("limits") or {}), list(data.get("definitions") or []))
+        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions)
         decl.check()
         return decl
 
@@ -44,6 +45,8 @@ class Declaration:
         for i in self.inputs:
             check_name("input namespace", i.namespace)
             check_name("input type", i.type)
+            if i.id is not None:
+                check_name("input id", i.id)
             if i.kind not in INPUT_KINDS:
                 raise InvalidRequestError(
                     f"{self.name}: input {i.type} has kind {i.kind!r}; use one of {', '.join(INPUT_KINDS)}")

@@ -156,6 +156,9 @@ class Supervisor:
         self.supervision.restart(name, respond)
 
     def reload(self, respond: Callable[[Reply], None]) -> None:
+        if self.supervision.stopping:
+            respond(Reply(False, code="unavailable", message="the supervisor is stopping"))
+            return
         self._pending_reload.append(respond)
         self._start_scan()
 
@@ -173,6 +176,7 @@ class Supervisor:
         self._reloading = True
         if self.ready:
             self.notifier.reloading()
+            self.ready = False
         sup = self.supervision
         modules = processes.discover(self.settings.controllers_dir)
         known = sup.known_digests()
@@ -199,12 +203,11 @@ class Supervisor:
         for respond in self._pending_reload:
             respond(Reply(True, result=summary))
         self._pending_reload.clear()
-        if self.ready:
-            self.notifier.ready(self.supervision.summary())
-        self._check_ready()
+        self._check_ready()  # READY again once the new controllers have reconciled
 
     def _check_ready(self) -> None:
-        if not self.ready and getattr(self, "_scanned", False) and self.supervision.controllers_due():
+        if (not self.ready and not self._reloading and getattr(self, "_scanned", False)
+                and self.supervision.controllers_due()):
             self.ready = True
             log.info("ready: %s", self.supervision.summary())
             self.notifier.ready(self.supervision.summary())
@@ -280,7 +283,7 @@ class Supervisor:
                 log.info("stopping on %s", signal.Signals(sig).name)
                 self.notifier.stopping()
                 self.supervision.stop_all()
-            elif sig == signal.SIGHUP:
+            elif sig == signal.SIGHUP and not self.supervision.stopping:
                 log.info("reloading on SIGHUP")
                 self._start_scan()
 
@@ -309,6 +312,7 @@ class Supervisor:
             if slot.alive() and slot.proc is not None:
                 slot.proc.kill()
                 slot.proc.wait()
+        self.supervision.reap()  # release the limits of the last ones to go
         if self.supervision.zygote is not None:
             self.supervision.zygote.close()
         log.info("stopped")
@@ -316,6 +320,7 @@ class Supervisor:
     def _close(self) -> None:
         signal.set_wakeup_fd(-1)
         self.notifier.close()
+        self.limiter.close()
         for name in ("router", "pub"):
             sock = getattr(self, name, None)
             if sock is not None:

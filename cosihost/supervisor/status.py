@@ -73,6 +73,7 @@ class StatusWriter:
             "last_exit": slot.last_exit,
             "limits": placement.limits if placement is not None else {},
             "mechanism": placement.mechanism if placement is not None else self.mechanism,
+            "enforced": dict(placement.enforced) if placement is not None else {},
             "usage": usage(slot.pid) if slot.proc is not None else {},
             "counters": dict(slot.counters),
             "module": slot.module.name,
@@ -85,7 +86,7 @@ class StatusWriter:
     def refused(self, name: str, source: str, why: str) -> None:
         self._put(STATUS_NAMESPACE, STATUS_TYPE, name, {
             "state": REFUSED, "pid": 0, "restarts": 0, "last_exit": None, "limits": {},
-            "mechanism": self.mechanism, "usage": {}, "counters": {},
+            "mechanism": self.mechanism, "enforced": {}, "usage": {}, "counters": {},
             "module": source.split(":")[0], "class": source.partition(":")[2], "reason": why,
             "inputs": [], "outputs": [],
         })

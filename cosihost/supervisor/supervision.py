@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from ..settings import Settings
 from ..wire import Reply
 from . import processes
 from .access import Caller
-from .limits import Limiter
+from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
 from .registry import Declaration, Registry
 from .status import StatusWriter
@@ -41,7 +42,8 @@ class Supervision:
         self.limiter = limiter
         self.slots: dict[str, Slot] = {}
         self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
-        self.refused: dict[str, tuple[Path, str]] = {}  # "module.py:Class" -> (module, digest)
+        # "module.py:Class" -> (module, digest, id of its refused status)
+        self.refused: dict[str, tuple[Path, str, str]] = {}
         self.tokens: dict[str, str] = {}
         self.stopping = False
         self._next_refresh = 0.0
@@ -54,9 +56,7 @@ class Supervision:
         summary: dict[str, list[str]] = {"started": [], "restarted": [], "refused": [], "failed": []}
         for result in sorted(results, key=lambda r: str(r.module)):
             self._retire_module(result.module, keep={d.get("name") for d in result.declarations})
-            for source, (mod, _digest) in list(self.refused.items()):
-                if mod == result.module:
-                    del self.refused[source]
+            self._unrefuse(result.module)
             if result.error:
                 self.module_errors[result.module] = (result.digest, result.error)
                 self.status.module_failed(result.module, result.error)
@@ -75,6 +75,7 @@ class Supervision:
         existing = self.slots.get(name)
         try:
             decl = Declaration.from_wire(data, source=source)
+            parse_limits(name, {**decl.limits, **self.settings.limits.get(name, {})})
             why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
         except InvalidRequestError as exc:
             decl, why = None, str(exc)
@@ -82,9 +83,10 @@ class Supervision:
             why = why or f"controller name {name!r} is taken: {source} and {existing.module.name}:{existing.cls}"
         if why:
             log.error("refused %s: %s", source, why)
-            if existing is None:  # else the name's status belongs to the one running
-                self.status.refused(name, source, why)
-            self.refused[source] = (result.module, result.digest)
+            # The name's status belongs to the controller running under it, if any.
+            status_id = name if existing is None else source
+            self.status.refused(status_id, source, why)
+            self.refused[source] = (result.module, result.digest, status_id)
             summary["refused"].append(name)
             return
         assert decl is not None
@@ -92,26 +94,33 @@ class Supervision:
         self.status.definitions(decl)
         if existing is not None:
             existing.decl, existing.cls, existing.digest = decl, data["class"], result.digest
+            existing.declared_inputs = list(decl.inputs)
             summary["restarted"].append(name)
             self.restart(name, None)
             return
-        slot = Slot(name, result.module, data["class"], result.digest, decl)
+        slot = Slot(name, result.module, data["class"], result.digest, decl, declared_inputs=list(decl.inputs))
         self.slots[name] = slot
         summary["started"].append(name)
         self._start(slot)
 
     def forget_module(self, module: Path) -> None:
         """A module is gone or about to be probed again: drop what it left."""
-        for source, (mod, _digest) in list(self.refused.items()):
-            if mod == module:
-                del self.refused[source]
+        self._unrefuse(module)
         if self.module_errors.pop(module, None):
             self.status.module_cleared(module)
+
+    def _unrefuse(self, module: Path) -> None:
+        """Forget the module's refusals (it changed or went): and their statuses."""
+        for source, (mod, _digest, status_id) in list(self.refused.items()):
+            if mod == module:
+                del self.refused[source]
+                if status_id not in self.slots:
+                    self.status.removed(status_id)
 
     def known_digests(self) -> dict[Path, str]:
         """The digest of every module seen: running, refused or failed."""
         known = {s.module: s.digest for s in self.slots.values()}
-        known.update({m: d for m, d in self.refused.values()})
+        known.update({m: d for m, d, _id in self.refused.values()})
         known.update({m: d for m, (d, _e) in self.module_errors.items()})
         return known
 
@@ -139,6 +148,18 @@ class Supervision:
     # -- processes -------------------------------------------------------------
     def _start(self, slot: Slot) -> None:
         assert slot.decl is not None
+        slot.decl.inputs = list(slot.declared_inputs)  # update_inputs lasts one process
+        try:
+            self._launch(slot)
+        except (OSError, subprocess.SubprocessError, InvalidRequestError) as exc:
+            self._start_failed(slot, exc)
+            return
+        slot.next_start = None
+        log.info("started %s (pid %d)", slot.name, slot.pid)
+        self.status.update(slot)
+
+    def _launch(self, slot: Slot) -> None:
+        assert slot.decl is not None
         limits = {**slot.decl.limits, **self.settings.limits.get(slot.name, {})}
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
@@ -146,15 +167,23 @@ class Supervision:
         zygote = self._zygote()
         if zygote is not None:
             try:
-                proc = zygote.spawn(config, getattr(slot.placement, "setup", None) or {})
+                proc = zygote.spawn(config, slot.placement.setup)
             except OSError as exc:
                 log.warning("zygote spawn of %s failed (%s); starting it cold", slot.name, exc)
         if proc is None:
             proc = processes.spawn_cold(config, preexec=self.limiter.preexec(slot.placement))
         processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
-        slot.next_start = None
-        log.info("started %s (pid %d)", slot.name, slot.pid)
+
+    def _start_failed(self, slot: Slot, exc: Exception) -> None:
+        """No process came of it (cgroup, fork or exec failed): back off, try again."""
+        if slot.placement is not None:
+            self.limiter.release(slot.placement)
+        slot.proc = None
+        slot.last_exit = {"code": None, "signal": None, "reason": f"could not start: {exc}", "at": time.time()}
+        now = time.monotonic()
+        slot.next_start = now + processes.next_delay(slot, self.timing, now)
+        log.error("could not start %s: %s", slot.name, exc)
         self.status.update(slot)
 
     def _zygote(self) -> Zygote | None:
@@ -179,7 +208,14 @@ class Supervision:
 
     def _exited(self, slot: Slot, code: int, now: float) -> None:
         oom = slot.placement is not None and self.limiter.oom_killed(slot.placement)
-        reason = slot.kill_reason or ("memory limit" if oom else processes.describe_exit(code))
+        if slot.kill_reason:
+            reason = slot.kill_reason
+        elif oom:
+            reason = "memory limit"
+        elif code == PLACEMENT_FAILED_EXIT:
+            reason = "could not enter its limits"
+        else:
+            reason = processes.describe_exit(code)
         slot.last_exit = {
             "code": code if code >= 0 else None,
             "signal": processes.describe_exit(code).removeprefix("killed by ") if code < 0 else None,
@@ -322,6 +358,9 @@ class Supervision:
         states = [s.state for s in self.slots.values()]
         running = states.count(RUNNING)
         text = f"{running}/{len(states)} controllers running"
+        failing = sum(1 for s in self.slots.values() if s.state == RUNNING and s.counters.get("failures"))
+        if failing:
+            text += f" ({failing} failing to reconcile)"
         for state in (STARTING, BACKOFF, CRASH_LOOP, REFUSED):
             if states.count(state):
                 text += f", {states.count(state)} {state}"

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from typing import Any, Callable, Iterable
 
 from .. import wire
 from ..errors import OverrunError
 from ..resource import Resource, unpack
-from ..selectors import parse_query
+from ..selectors import compile_id_regex, parse_query
 from ..state.events import DESTROYED
 from ..transport import Requester, Subscriber
 
@@ -171,7 +170,7 @@ class Cache:
              id_regex: str | None = None) -> list[Resource]:
         kc = self.ensure(namespace, type)
         query = parse_query(labels)
-        regex = re.compile(id_regex) if id_regex is not None else None
+        regex = compile_id_regex(id_regex)
         out = []
         for rid in kc.ids():
             if regex is not None and not regex.search(rid):

@@ -42,6 +42,9 @@ def die_with_parent(parent: int) -> None:
 
 def load_module(path: str) -> ModuleType:
     file = Path(path)
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:  # helper modules (``_common.py``) beside controllers import plainly
+        sys.path.append(folder)
     name = f"cosihost_controllers.{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
@@ -55,8 +58,9 @@ def load_module(path: str) -> ModuleType:
 def controllers_of(module: ModuleType) -> list[type[Controller]]:
     found = []
     for value in vars(module).values():
+        # A class without a ``name`` is a base for others, not a controller.
         if (isinstance(value, type) and issubclass(value, Controller) and value is not Controller
-                and value.__module__ == module.__name__):
+                and value.__module__ == module.__name__ and value.name):
             found.append(value)
     return sorted(found, key=lambda c: c.__name__)
 

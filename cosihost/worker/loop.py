@@ -19,6 +19,7 @@ import zmq
 
 from .. import wire
 from ..controller import Controller, Input, Output
+from ..errors import UnavailableError
 from ..resource import PHASE_TEARING_DOWN, Resource
 from ..state.events import DESTROYED
 from ..transport import Requester, Subscriber, endpoint
@@ -135,8 +136,13 @@ class WorkerLoop:
 
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
-        counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent)
-        reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
+        counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent,
+                        failures=self.failures)
+        try:
+            reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
+        except UnavailableError as exc:  # the supervisor is slow or paused: try at the next beat
+            log.warning("heartbeat: %s", exc)
+            return
         self.reported = self._attempts()
         heads = [(ns, t, seq) for ns, t, seq in reply.get("heads", [])]
         self.suspects = self.cache.check_heads(heads, self.suspects)

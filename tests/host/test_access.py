@@ -485,9 +485,6 @@ def test_exclusive_output_has_one_controller(supervisor_factory):
     assert sup.statuses()["test.WriterA"]["restarts"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "supervision.Supervision._admit records a refusal under the controller's name; when the name is "
-    "the one taken, that overwrites the running controller's status, and its next update erases the refusal"))
 def test_refused_duplicate_name_is_visible_and_leaves_the_winner_alone(supervisor_factory):
     sup = supervisor_factory(controllers={
         "a": WRITER.format(cls="WriterA", name="test.WriterA", output=OUT, kind="exclusive"),
@@ -516,9 +513,6 @@ class Grower(Controller):
 '''
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "supervision.Supervision.update_inputs changes slot.decl.inputs for good, so the next process of the "
-    "controller registers its module's declaration and is refused as 'differs from its module's'"))
 def test_controller_that_updated_its_inputs_registers_again_after_a_restart(supervisor_factory):
     sup = supervisor_factory(controllers={"grower": GROWER})
     with sup.client() as user, sup.client(admin=True, timeout=4, retries=0) as admin:

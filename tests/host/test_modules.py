@@ -117,7 +117,7 @@ class Creator(Controller):
 
 @pytest.mark.timeout(120)
 def test_lost_replies_never_wedge_a_controller_or_apply_twice(supervisor_factory):
-    sup = supervisor_factory(config=FAST + "request_timeout = 0.2\nhung_after = 60\n",
+    sup = supervisor_factory(config=FAST + "request_timeout = 0.3\nhung_after = 60\n",
                              controllers={"creator": CREATOR})
     count = 400
     with sup.client(timeout=10) as c:

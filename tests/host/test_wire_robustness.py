@@ -318,16 +318,7 @@ CASES: dict[str, tuple[Any, str]] = {
     "controller asks for the admin's owner": (("create", {"resource": GOOD_RESOURCE, "owner": ""}, TOKEN), DENIED),
 }
 
-#: Cases that show bugs in files outside this test's reach (see the reasons).
-KNOWN_BUGS = {
-    "id_regex repetition too large": "state/inmemory.py _compile_regex lets OverflowError through (internal error)",
-    "id_regex nested too deep": "state/inmemory.py _compile_regex lets RecursionError through (internal error)",
-}
-
-
-@pytest.mark.parametrize("label", [
-    pytest.param(label, marks=pytest.mark.xfail(strict=False, reason=KNOWN_BUGS[label]))
-    if label in KNOWN_BUGS else label for label in CASES])
+@pytest.mark.parametrize("label", list(CASES))
 def test_malformed_request_gets_an_error_reply(world, label):
     sup, ctx, token, _before = world
     data, expected = CASES[label]
