@@ -52,7 +52,7 @@ def bundled_controllers_dir() -> Path:
 class Timing:
     """Supervision timings, in seconds."""
 
-    heartbeat: float = 1.0
+    heartbeat: float = 2.5
     hung_after: float = 30.0
     backoff_base: float = 0.1
     backoff_cap: float = 30.0
@@ -61,7 +61,7 @@ class Timing:
     crash_loop_window: float = 60.0
     stop_timeout: float = 5.0
     probe_timeout: float = 15.0
-    usage_every: float = 5.0
+    usage_every: float = 10.0
     #: Events a controller's subscriber (and the publisher, per subscriber)
     #: queues before dropping; a drop is a gap the controller then repairs.
     subscriber_hwm: int = 100_000
