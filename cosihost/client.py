@@ -150,7 +150,8 @@ class RemoteWatch:
         self._pending: collections.deque[Event] = collections.deque()
         self._done = False
         self._req = client.requester()
-        self._sub = Subscriber(client._ctx, endpoint(client.runtime_dir, wire.EVENTS_SOCKET))
+        self._sub = Subscriber(client._ctx, endpoint(client.runtime_dir, wire.EVENTS_SOCKET),
+                               token=client._token)
         try:
             self._sub.subscribe(self._req, namespace, type)
             self._start(bootstrap=bootstrap, since=since)

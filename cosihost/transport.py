@@ -9,6 +9,9 @@ answer a retried write from its reply cache instead of applying it twice.
 subscribes to a kind's topic and then proves the subscription has reached
 the publisher (a probe published on that topic comes back) before the
 caller takes a snapshot, so no event can fall between snapshot and stream.
+It authenticates with the caller's token (PLAIN username), and the
+supervisor applies a subscription only if that caller may read the kind:
+one it refuses never brings its probe back.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import zmq
 
 from . import wire
-from .errors import UnavailableError, error_from_code
+from .errors import AccessDeniedError, UnavailableError, error_from_code
 
 
 def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
@@ -79,13 +82,24 @@ class Requester:
 
 
 class Subscriber:
-    """A SUB socket whose subscriptions are proven live before use."""
+    """A SUB socket whose subscriptions are proven live before use.
 
-    def __init__(self, ctx: zmq.Context, address: str, *, hwm: int = 100_000) -> None:
+    ``token`` is the caller's (a controller's, the admin's, or "" for a
+    user client): the events socket knows its subscribers by it.
+    """
+
+    #: Seconds without the probe after which the subscription is sent again
+    #: (the supervisor drops subscriptions it cannot place; see its server).
+    RESEND_AFTER = 1.0
+
+    def __init__(self, ctx: zmq.Context, address: str, *, token: str = "", hwm: int = 100_000) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        credentials = wire.events_credentials(token)
+        self.sock.setsockopt(zmq.PLAIN_USERNAME, credentials)
+        self.sock.setsockopt(zmq.PLAIN_PASSWORD, credentials)
         self.sock.connect(address)
         self._queued: collections.deque[tuple[bytes, wire.EventMessage]] = collections.deque()
 
@@ -94,16 +108,37 @@ class Subscriber:
 
     def subscribe(self, requester: Requester, namespace: str, type: str, *,
                   timeout: float = 10.0) -> None:
-        """Subscribe and wait until a probe on the topic comes back."""
+        """Subscribe and wait until a probe on the topic comes back.
+
+        Raises AccessDeniedError when the caller may not read the kind: at
+        once if the probe request says so, else once ``timeout`` has passed
+        with the supervisor answering but never applying the subscription.
+        """
         topic = wire.topic(namespace, type)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         nonce = uuid.uuid4().hex
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            requester.call("probe", topic=topic, nonce=nonce)
-            if self._await_probe(nonce, min(0.2, max(0.0, deadline - time.monotonic()))):
-                return
-        raise UnavailableError(f"subscription to {namespace}/{type} never became live")
+        resend = time.monotonic() + self.RESEND_AFTER
+        wait = 0.001  # doubled up to 0.2 s: a new connection is live after its handshake
+        try:
+            while time.monotonic() < deadline:
+                requester.call("probe", topic=topic, nonce=nonce)
+                if self._await_probe(nonce, min(wait, max(0.0, deadline - time.monotonic()))):
+                    return
+                wait = min(0.2, wait * 2)
+                if time.monotonic() >= resend:
+                    self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+                    self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+                    resend = time.monotonic() + self.RESEND_AFTER
+        except BaseException:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+            raise
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+        raise AccessDeniedError(
+            f"the supervisor did not apply the subscription to {namespace}/{type} within {timeout:g} s "
+            "though it answered every probe request: the events socket refused it (this process "
+            "is not authorized to read the kind, or its credentials were refused); see the "
+            "supervisor's log")
 
     def unsubscribe(self, namespace: str, type: str) -> None:
         self.sock.setsockopt(zmq.UNSUBSCRIBE, wire.topic(namespace, type))

@@ -1,7 +1,7 @@
 """Every message that crosses a socket, in one place.
 
 Requests and replies travel REQ -> ROUTER as single msgpack frames; events
-travel PUB -> SUB as [topic, body]. Resources inside messages are the packed
+travel XPUB -> SUB as [topic, body]. Resources inside messages are the packed
 blobs of :mod:`cosihost.resource`, so the supervisor forwards what it stores
 without encoding it again. No pickle: a peer can send only data.
 
@@ -25,6 +25,15 @@ MAX_MESSAGE_BYTES = 4 << 20
 TOPIC_DELIMITER = b"\x00"
 API_SOCKET = "api.sock"
 EVENTS_SOCKET = "events.sock"
+#: The events socket authenticates its subscribers (ZAP, PLAIN mechanism) in
+#: this domain: the PLAIN username is the subscriber's token, or
+#: ``ANONYMOUS`` for a user client, which has none. PLAIN sends it in clear
+#: text, which is fine on a local socket in a 0750 folder.
+EVENTS_ZAP_DOMAIN = b"cosihost.events"
+ANONYMOUS = "anonymous"
+#: Largest frame the events socket accepts from a subscriber: a
+#: subscription is a flag byte and a topic.
+MAX_SUBSCRIPTION_BYTES = 4096
 
 #: Every verb the supervisor answers, with its required argument names.
 VERBS: dict[str, tuple[str, ...]] = {
@@ -165,6 +174,11 @@ def topic(namespace: str, type: str) -> bytes:
     """The PUB/SUB topic of a kind; the trailing delimiter stops prefix
     matching from confusing ``Links`` with ``LinksX``."""
     return namespace.encode() + TOPIC_DELIMITER + type.encode() + TOPIC_DELIMITER
+
+
+def events_credentials(token: str) -> bytes:
+    """The PLAIN username (and password) a subscriber with ``token`` presents."""
+    return (token or ANONYMOUS).encode()
 
 
 def parse_topic(frame: bytes) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""Who may do what: the rules of DESIGN section 3, checked per request.
+"""Who may do what: the rules of DESIGN section 3, checked per request and
+per event subscription.
 
 The caller is known from its token: a controller (which registered with its
 spawn secret), a user client (no token), or the admin (the token in the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from .. import wire
 from ..errors import AccessDeniedError, InvalidRequestError
 from .registry import Declaration, Registry
 
@@ -47,6 +49,22 @@ def check_read(caller: Caller, namespace: str, type: str) -> None:
         return
     raise AccessDeniedError(
         f"controller {caller.name} cannot read {namespace}/{type}: not among its inputs or outputs")
+
+
+def check_subscribe(caller: Caller, topic: bytes) -> None:
+    """The read rule on an event subscription. A controller subscribes to
+    exactly one kind's topic it may read; a prefix that would match several
+    kinds (``b""``, a bare namespace, part of a type) is refused. Users and
+    the admin read everything, so they may subscribe to any prefix."""
+    if caller.decl is None:
+        return
+    try:
+        namespace, type = wire.parse_topic(topic)
+    except (wire.WireError, UnicodeDecodeError):
+        raise AccessDeniedError(
+            f"controller {caller.name} may subscribe only to the topic of one kind, "
+            f"not to the prefix {topic[:80]!r}") from None
+    check_read(caller, namespace, type)
 
 
 def check_write(caller: Caller, registry: Registry, namespace: str, type: str) -> None:

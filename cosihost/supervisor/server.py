@@ -1,10 +1,24 @@
 """The supervisor process: sockets, signals and the main loop.
 
-One thread owns the state, the ROUTER socket (requests) and the PUB socket
+One thread owns the state, the ROUTER socket (requests) and the XPUB socket
 (events); nothing else touches them, so no lock is needed around state
 writes and events leave in exactly the order they happened. Signals and the
 probe threads only wake the loop through a socketpair; the decisions are
 made in :mod:`supervision`.
+
+The events socket enforces the read rule too. It is an XPUB in manual mode:
+a subscription takes effect only when this loop applies it. Subscribers
+authenticate with the PLAIN mechanism, and this loop is their ZAP handler
+(an inproc REP socket in the same context, polled like the others): the
+username is the subscriber's token, or ``anonymous`` for a user client; the
+reply names the connection's identity in its User-Id, which libzmq then
+attaches to every subscription that connection sends. A controller's token
+is accepted only from that controller's own process (the peer's pid, from
+SO_PEERCRED in the ZAP address), and a connection from a controller's
+process is that controller whatever it presents. Each subscription is then
+checked (:func:`access.check_subscribe`) and applied, or refused and
+logged; libzmq sends nothing to a connection for a topic it has not been
+subscribed to.
 """
 
 from __future__ import annotations
@@ -25,12 +39,15 @@ from typing import Any, Callable
 import zmq
 
 from .. import wire
+from ..errors import AccessDeniedError
 from ..state import InMemoryState, SqliteStore
 from ..settings import Settings
 from ..state.events import Record
 from ..wire import Reply
+from . import access
 from . import limits as limits_mod
 from . import processes
+from .access import ADMIN, USER, Caller
 from .api import Api
 from .registry import Registry
 from .sdnotify import Notifier
@@ -38,6 +55,9 @@ from .status import StatusWriter, supervisor_declaration
 from .supervision import Supervision
 
 log = logging.getLogger("cosihost.supervisor")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27), in this context
+USER_ID, ADMIN_ID, CONTROLLER_ID = "user", "admin", "controller:"
 
 
 class AlreadyRunning(RuntimeError):
@@ -73,6 +93,10 @@ class Supervisor:
         self._reloading = False
         self._signals: list[int] = []
         self.ready = False
+        #: Set when a subscriber sent something that is no subscription (see
+        #: _serve_subscriptions); cleared once the events socket's queue is empty.
+        self._subs_unaligned = False
+        self._refusals_logged: set[tuple[str, bytes]] = set()
 
     # -- setup -----------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -106,9 +130,18 @@ class Supervisor:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.pub = self.ctx.socket(zmq.PUB)
+        # The ZAP handler first: no subscriber may connect before it can be asked about.
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+        self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, self.settings.timing.publisher_hwm)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SUBSCRIPTION_BYTES)
+        # Manual: every (un)subscription comes up to the loop, none applies itself.
+        self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
+        self.pub.setsockopt(zmq.PLAIN_SERVER, 1)
+        self.pub.setsockopt(zmq.ZAP_DOMAIN, wire.EVENTS_ZAP_DOMAIN)
         for name in (wire.API_SOCKET, wire.EVENTS_SOCKET):
             path = rd / name
             if path.exists():
@@ -137,7 +170,123 @@ class Supervisor:
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
 
     def publish_probe(self, topic: bytes, nonce: str) -> None:
+        self._serve_subscriptions()  # those that came before the probe request: applied first
         self.pub.send_multipart([topic, wire.encode_probe(nonce)])
+
+    # -- who reads the events ----------------------------------------------------
+    def _serve_zap(self, budget: int = 64) -> None:
+        """Answer the events socket's authentication requests (ZAP, RFC 27)."""
+        for _ in range(budget):
+            try:
+                frames = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = self._authenticate(frames)
+            except Exception:  # a bug here must not take the supervisor down
+                log.exception("events authentication failed")
+                reply = (b"500", b"internal error", b"")
+            rid = frames[1] if len(frames) > 1 else b""
+            code, text, user_id = reply
+            self.zap.send_multipart([b"1.0", rid, code, text, user_id, b""])
+
+    def _authenticate(self, frames: list[bytes]) -> tuple[bytes, bytes, bytes]:
+        """(status code, status text, user id) for one ZAP request."""
+        if len(frames) != 8 or frames[0] != b"1.0":
+            return b"500", b"malformed ZAP request", b""
+        _version, _rid, domain, address, _routing_id, mechanism, username, _password = frames
+        if domain != wire.EVENTS_ZAP_DOMAIN or mechanism != b"PLAIN":
+            return b"400", b"not the events socket", b""
+        identity, why = self._events_identity(username, _peer_pid(address))
+        if identity is None:
+            self._log_refusal(("zap", username), "refused an events connection (pid %s): %s",
+                              _peer_pid(address) or "?", why)
+            return b"400", why.encode()[:200], b""
+        return b"200", b"OK", identity.encode()
+
+    def _events_identity(self, username: bytes, pid: int | None) -> tuple[str | None, str]:
+        """Who a subscriber is, or (None, why not). A controller's process is
+        that controller, whatever it presents; its token works from nowhere else."""
+        admin = secrets.compare_digest(username, self.admin_token.encode())
+        own = next((s for s in self.supervision.slots.values()
+                    if pid is not None and s.pid == pid and s.alive()), None)
+        if own is not None:
+            if not own.token:
+                return None, f"controller {own.name} has not registered"
+            if not admin and username not in (wire.events_credentials(""), own.token.encode()):
+                return None, f"controller {own.name} presented a token that is not its own"
+            return CONTROLLER_ID + own.token, ""
+        if admin:
+            return ADMIN_ID, ""
+        if username == wire.events_credentials(""):
+            return USER_ID, ""
+        name = self.supervision.tokens.get(username.decode(errors="replace"))
+        if name is not None:
+            return None, f"the token of controller {name} works only from its own process"
+        return None, "unknown or expired token"
+
+    def _subscriber(self, identity: str) -> Caller | None:
+        if identity == USER_ID:
+            return USER
+        if identity == ADMIN_ID:
+            return ADMIN
+        if identity.startswith(CONTROLLER_ID):
+            return self.supervision.caller(identity[len(CONTROLLER_ID):])
+        return None
+
+    def _serve_subscriptions(self, budget: int = 256) -> None:
+        """Apply the subscriptions the read rule allows; refuse the others.
+
+        In manual mode ``setsockopt(SUBSCRIBE)`` applies to the connection
+        the last message read came from, which libzmq tracks in a queue that
+        only subscriptions feed. Anything else a peer sends (an XSUB may send
+        any message) shifts that queue against the messages: until the queue
+        has been seen empty again, which connection a subscription would
+        apply to is unknown, so none is applied then; the subscriber's probe
+        does not come back and it subscribes again.
+        """
+        for _ in range(budget):
+            try:
+                frame = self.pub.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._subs_unaligned = False
+                return
+            data = frame.bytes
+            if not data or data[0] not in (0, 1):
+                self._subs_unaligned = True
+                self._log_refusal(("junk", b""), "an events subscriber sent a message that is no subscription")
+                continue
+            topic = data[1:]
+            if self._subs_unaligned:
+                log.debug("subscription change to %r dropped while subscriptions are unaligned", topic)
+                continue
+            if data[0] == 0:
+                # From the connection itself, or its ending (then it applies to nothing).
+                self.pub.setsockopt(zmq.UNSUBSCRIBE, topic)
+                continue
+            try:
+                identity = frame.get("User-Id")
+            except zmq.ZMQError:
+                identity = ""
+            caller = self._subscriber(identity)
+            try:
+                if caller is None:
+                    raise AccessDeniedError("its token is no longer valid")
+                access.check_subscribe(caller, topic)
+            except AccessDeniedError as exc:
+                self._log_refusal((identity, topic), "refused an events subscription: %s", exc)
+                continue
+            self.pub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _log_refusal(self, key: tuple[str, bytes], message: str, *args: Any) -> None:
+        """Log a refusal once as a warning, its repetitions at debug level."""
+        if key in self._refusals_logged:
+            log.debug(message, *args)
+            return
+        if len(self._refusals_logged) > 1024:
+            self._refusals_logged.clear()
+        self._refusals_logged.add(key)
+        log.warning(message, *args)
 
     def caller(self, token: str) -> Any:
         return self.supervision.caller(token)
@@ -231,6 +380,8 @@ class Supervisor:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.zap, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         stop_deadline: float | None = None
         zygote_fd = -1
@@ -254,6 +405,10 @@ class Supervisor:
                 self._drain_wakeups()
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
+            if self.zap in events:
+                self._serve_zap()
+            if self.pub in events:
+                self._serve_subscriptions()  # before requests: a probe then finds them applied
             if self.router in events:
                 self._serve_requests()
             self.supervision.reap()
@@ -321,7 +476,7 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()
-        for name in ("router", "pub"):
+        for name in ("router", "pub", "zap"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
@@ -335,3 +490,12 @@ class Supervisor:
         store = getattr(getattr(self, "state", None), "_store", None)
         if store is not None:
             store.close()
+
+
+def _peer_pid(address: bytes) -> int | None:
+    """The peer's pid from a ZAP address: libzmq appends ``:uid:gid:pid``
+    (SO_PEERCRED) to the address of an ipc peer where the OS tells it."""
+    parts = address.decode(errors="replace").rsplit(":", 3)
+    if len(parts) == 4 and parts[3].isdigit():
+        return int(parts[3])
+    return None

@@ -66,7 +66,9 @@ class WorkerLoop:
         reg = req.call("register", name=s.name, secret=s.secret, inputs=decl["inputs"],
                        outputs=decl["outputs"], pid=os.getpid(), definitions=decl["definitions"])
         req.token = reg["token"]
-        sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), hwm=s.subscriber_hwm)
+        # After registration: the events socket knows this process by its token.
+        sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), token=req.token,
+                         hwm=s.subscriber_hwm)
         self.cache = Cache(req, sub, self._on_change)
         self.rt = ControllerRuntime(s.name, req, self.cache,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
