@@ -19,6 +19,7 @@ import psutil
 
 from cosihost import CosiError
 from cosihost.testing import SupervisorProcess
+from cosihost.transport import fetch_snapshot
 
 from .harness import NS, ROOT, Processes, controller_module, env, results
 from .payload import make_resources
@@ -96,7 +97,7 @@ def _snapshot_request(sup: SupervisorProcess) -> str:
         req = client.requester(timeout=10, retries=0)
         start = time.perf_counter()
         try:
-            items = len(req.call("snapshot", namespace=NS, type=BIG)["items"])
+            items = len(fetch_snapshot(req, NS, BIG)[2])
         except CosiError as exc:
             return f"the bare snapshot request fails too ({exc})"
         return f"the bare snapshot request takes {time.perf_counter() - start:.3f} s for {items:,} items"

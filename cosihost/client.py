@@ -25,7 +25,7 @@ from .settings import default_runtime_dir
 from .state.modify import modify_spec
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark)
-from .transport import Requester, Subscriber, endpoint
+from .transport import Requester, Subscriber, endpoint, fetch_snapshot
 
 
 class Client:
@@ -164,9 +164,8 @@ class RemoteWatch:
 
     def _start(self, *, bootstrap: bool, since: str | None) -> None:
         if self._id is not None or bootstrap:
-            snap = self._req.call("snapshot", namespace=self._ns, type=self._type, id=self._id)
-            self._epoch, self._cursor = snap["epoch"], snap["seq"]
-            items = [unpack(b) for b in snap["items"]]
+            self._epoch, self._cursor, pairs = fetch_snapshot(self._req, self._ns, self._type, id=self._id)
+            items = [unpack(blob) for _id, blob in pairs]
         else:
             head = self._req.call("since", namespace=self._ns, type=self._type, seq=-1)
             self._epoch, self._cursor, items = head["epoch"], head["seq"], []

@@ -169,6 +169,12 @@ class Subscriber:
         """The next event (topic, message), or None on timeout. Probes are skipped."""
         if self._queued:
             return self._queued.popleft()
+        if timeout == 0:  # the drain after an event: no Poller needed to ask
+            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                topic, msg = self._recv_raw()
+                if isinstance(msg, wire.EventMessage):
+                    return topic, msg
+            return None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -179,3 +185,20 @@ class Subscriber:
                 return topic, msg
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+
+def fetch_snapshot(requester: Requester, namespace: str, type: str, *,
+                   id: str | None = None) -> tuple[str, int, list[tuple[str, bytes]]]:
+    """A kind's items at one sequence number, all pages of them:
+    ``(epoch, seq, [(id, blob), ...])``."""
+    args: dict[str, Any] = {"namespace": namespace, "type": type}
+    if id is not None:
+        args["id"] = id
+    reply = requester.call("snapshot", **args)
+    items = [(rid, blob) for rid, blob in reply["items"]]
+    cursor = reply.get("next")
+    while cursor is not None:
+        page = requester.call("snapshot_page", cursor=cursor)
+        items.extend((rid, blob) for rid, blob in page["items"])
+        cursor = page.get("next")
+    return reply["epoch"], reply["seq"], items

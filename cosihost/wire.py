@@ -21,6 +21,9 @@ from .errors import CosiError, InvalidRequestError
 PROTOCOL = 1
 #: Largest frame a socket accepts (ZMQ_MAXMSGSIZE); bigger peers are dropped.
 MAX_MESSAGE_BYTES = 4 << 20
+#: A snapshot reply carries about this many bytes of items; the rest comes in
+#: pages (``snapshot_page``), so a kind of any size fits under the frame limit.
+SNAPSHOT_PAGE_BYTES = 1 << 20
 #: Separates namespace and type in a topic; names cannot contain it.
 TOPIC_DELIMITER = b"\x00"
 API_SOCKET = "api.sock"
@@ -48,6 +51,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "remove_finalizer": ("namespace", "type", "id", "finalizers"),
     # cache sync (Clone pattern)
     "snapshot": ("namespace", "type"),
+    "snapshot_page": ("cursor",),
     "since": ("namespace", "type", "seq"),
     "probe": ("topic", "nonce"),
     # controller life

@@ -168,6 +168,15 @@ class InMemoryState:
         with coll.cond:
             return coll.history.seq, [coll.items[k] for k in sorted(coll.items)]
 
+    def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
+        """Like :meth:`snapshot`, with each item's id beside its blob."""
+        _check_kind(namespace, type)
+        coll = self._existing(namespace, type)
+        if coll is None:
+            return 0, []
+        with coll.cond:
+            return coll.history.seq, [(k, coll.items[k]) for k in sorted(coll.items)]
+
     def head(self, namespace: str, type: str) -> int:
         """The kind's latest sequence number (0 before any change)."""
         coll = self._existing(namespace, type)

@@ -17,10 +17,12 @@ import collections
 import hashlib
 import logging
 import os
+import secrets
+import time
 from typing import Any, Callable, Protocol
 
 from .. import wire
-from ..errors import AccessDeniedError, CosiError, InvalidRequestError, OverrunError
+from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError
 from ..resource import Resource, check_name, pack, unpack
 from ..state import InMemoryState
 from ..state.events import Record
@@ -84,6 +86,49 @@ def _resource(args: dict[str, Any]) -> Resource:
         raise InvalidRequestError("resource is not a packed resource") from None
 
 
+class SnapshotPages:
+    """Snapshots too big for one reply, held (as references to the stored
+    blobs, taken at one sequence number) until their reader has paged
+    through them, for a minute at most."""
+
+    TTL = 60.0
+    MOST = 64
+
+    def __init__(self) -> None:
+        self._open: collections.OrderedDict[str, tuple[Caller, list[Any], float]] = collections.OrderedDict()
+
+    def start(self, caller: Caller, items: list[Any]) -> dict[str, Any]:
+        first, rest = _page(items)
+        if not rest:
+            return {"items": first, "next": None}
+        now = time.monotonic()
+        for cursor, (_c, _items, expires) in list(self._open.items()):
+            if expires < now or len(self._open) >= self.MOST:
+                del self._open[cursor]
+        cursor = secrets.token_hex(8)
+        self._open[cursor] = (caller, rest, now + self.TTL)
+        return {"items": first, "next": cursor}
+
+    def page(self, caller: Caller, cursor: str) -> dict[str, Any]:
+        entry = self._open.pop(cursor, None)
+        if entry is None or entry[0] != caller or entry[2] < time.monotonic():
+            raise NotFoundError("no such snapshot (expired or not yours): take a new one")
+        items, rest = _page(entry[1])
+        if not rest:
+            return {"items": items, "next": None}
+        self._open[cursor] = (caller, rest, entry[2])
+        return {"items": items, "next": cursor}
+
+
+def _page(items: list[Any]) -> tuple[list[Any], list[Any]]:
+    size = 0
+    for n, (rid, blob) in enumerate(items):
+        size += len(blob) + len(rid) + 8
+        if size > wire.SNAPSHOT_PAGE_BYTES and n:
+            return [list(i) for i in items[:n]], items[n:]
+    return [list(i) for i in items], []
+
+
 class Api:
     def __init__(self, state: InMemoryState, host: Host, *, admin_token: str) -> None:
         self.state = state
@@ -91,6 +136,7 @@ class Api:
         self.admin_token = admin_token
         self.last_record: Record | None = None
         self.replayed = 0
+        self._snapshots = SnapshotPages()
         #: (token, rid) -> (frame digest, encoded reply) of answered writes.
         self._replies: collections.OrderedDict[tuple[str, str], tuple[bytes, bytes]] = collections.OrderedDict()
         #: (token, rid) -> (frame digest, responders) of deferred writes not answered yet.
@@ -250,13 +296,23 @@ class Api:
 
     # -- cache sync --------------------------------------------------------
     def op_snapshot(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        """The kind's items at one sequence number: ``[[id, blob], ...]``, the
+        first page now and the rest from ``snapshot_page`` with ``next``."""
         ns, typ = _kind(args)
         access.check_read(caller, ns, typ)
-        seq, items = self.state.snapshot(ns, typ)
+        seq, items = self.state.snapshot_items(ns, typ)
         only = args.get("id")
         if only is not None:
-            items = [b for b in items if unpack(b).metadata.id == only]
-        return {"epoch": self.state.epoch, "seq": seq, "items": items}
+            items = [item for item in items if item[0] == only]
+        reply = {"epoch": self.state.epoch, "seq": seq}
+        reply.update(self._snapshots.start(caller, items))
+        return reply
+
+    def op_snapshot_page(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        cursor = args["cursor"]
+        if not isinstance(cursor, str):
+            raise InvalidRequestError("cursor must be a string")
+        return self._snapshots.page(caller, cursor)
 
     def op_since(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         ns, typ = _kind(args)

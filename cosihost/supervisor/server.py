@@ -385,6 +385,7 @@ class Supervisor:
         poller.register(self._wake_r, zmq.POLLIN)
         stop_deadline: float | None = None
         zygote_fd = -1
+        next_house = 0.0
         while True:
             zygote = self.supervision.zygote
             fd = zygote.fileno() if zygote is not None and zygote.alive() else -1
@@ -394,24 +395,35 @@ class Supervisor:
                 if fd >= 0:
                     poller.register(fd, zmq.POLLIN)
                 zygote_fd = fd
-            wait = self.supervision.tick()
+            now = time.monotonic()
+            if now >= next_house:  # timers: starts due, hung controllers, status refresh
+                next_house = now + self.supervision.tick()
+                if self.ready:
+                    self.notifier.status(self.supervision.summary())
+            wait = max(0.0, next_house - now)
+            if self.supervision.stopping:
+                wait = min(wait, 0.1)  # escalate to SIGKILL on time
             ping_in = self.notifier.watchdog()
             if ping_in is not None:
                 wait = min(wait, ping_in)
-            if self.ready:
-                self.notifier.status(self.supervision.summary())
             events = dict(poller.poll(int(wait * 1000) + 1))
-            if self._wake_r.fileno() in events or self._wake_r in events:
+            # Processes end with a signal (SIGCHLD on the wake-up fd) or a word
+            # from the zygote; only then is there anything to reap.
+            woke = self._wake_r.fileno() in events or self._wake_r in events
+            if woke:
                 self._drain_wakeups()
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
+                woke = True
             if self.zap in events:
                 self._serve_zap()
             if self.pub in events:
                 self._serve_subscriptions()  # before requests: a probe then finds them applied
             if self.router in events:
                 self._serve_requests()
-            self.supervision.reap()
+            if woke or self.supervision.stopping:
+                self.supervision.reap()
+                next_house = 0.0  # a restart may be due at once; statuses changed
             self._check_ready()
             self._handle_signals()
             while not self._probe_results.empty():
@@ -445,10 +457,10 @@ class Supervisor:
     def _serve_requests(self, budget: int = 256) -> None:
         """Answer up to ``budget`` queued requests, then let the loop breathe."""
         for _ in range(budget):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            # Asking is cheaper than catching zmq.Again at the end of every batch.
+            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = self.router.recv_multipart(zmq.NOBLOCK)
             if len(frames) < 3 or frames[-2] != b"":
                 continue  # not a REQ envelope: nobody to answer
             envelope = frames[:-1]

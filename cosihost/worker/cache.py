@@ -19,7 +19,7 @@ from ..errors import OverrunError
 from ..resource import Resource, unpack
 from ..selectors import compile_id_regex, parse_query
 from ..state.events import DESTROYED
-from ..transport import Requester, Subscriber
+from ..transport import Requester, Subscriber, fetch_snapshot
 
 log = logging.getLogger("cosihost.worker")
 
@@ -82,16 +82,13 @@ class Cache:
             self._sub.unsubscribe(namespace, type)
 
     def _snapshot(self, namespace: str, type: str) -> KindCache:
-        snap = self._req.call("snapshot", namespace=namespace, type=type)
-        self.epoch = snap["epoch"]
-        items = {}
-        for blob in snap["items"]:
-            items[unpack(blob).metadata.id] = blob
+        self.epoch, seq, pairs = fetch_snapshot(self._req, namespace, type)
+        items = dict(pairs)
         kc = self.kinds.get((namespace, type))
         if kc is None:
-            kc = self.kinds[(namespace, type)] = KindCache(snap["seq"], items)
+            kc = self.kinds[(namespace, type)] = KindCache(seq, items)
         else:
-            kc.seq, kc.items = snap["seq"], items
+            kc.seq, kc.items = seq, items
             kc.overlay = {k: v for k, v in kc.overlay.items() if v[0] > kc.seq}
         return kc
 

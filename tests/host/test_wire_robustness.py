@@ -475,6 +475,7 @@ BASE: dict[str, dict[str, Any]] = {
     "add_finalizer": {**ONE, "finalizers": ["f"]},
     "remove_finalizer": {**ONE, "finalizers": ["f"]},
     "snapshot": {**KIND, "id": "r"},
+    "snapshot_page": {"cursor": "0123456789abcdef"},
     "since": {**KIND, "seq": 0},
     "probe": {"topic": wire.topic("fuzz", FUZZ), "nonce": "n"},
     "register": {"name": "nobody", "secret": "s", "inputs": [], "outputs": []},
