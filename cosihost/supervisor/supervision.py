@@ -57,6 +57,10 @@ class Supervision:
         for result in sorted(results, key=lambda r: str(r.module)):
             self._retire_module(result.module, keep={d.get("name") for d in result.declarations})
             self._unrefuse(result.module)
+            names = [d.get("name") for d in result.declarations]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice and not result.error:
+                result.error = f"declares controller name(s) {', '.join(map(repr, twice))} more than once"
             if result.error:
                 self.module_errors[result.module] = (result.digest, result.error)
                 self.status.module_failed(result.module, result.error)

@@ -56,8 +56,10 @@ def load_module(path: str) -> ModuleType:
 
 
 def controllers_of(module: ModuleType) -> list[type[Controller]]:
-    found = []
+    found: list[type[Controller]] = []
     for value in vars(module).values():
+        if value in found:  # one class bound to two names
+            continue
         # A class without a ``name`` is a base for others, not a controller.
         if (isinstance(value, type) and issubclass(value, Controller) and value is not Controller
                 and value.__module__ == module.__name__ and value.name):

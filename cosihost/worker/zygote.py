@@ -55,6 +55,7 @@ def _child(sock: socket.socket, wake_r: int, wake_w: int, config: dict[str, Any]
         os.close(wake_w)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote ignores it; a controller must not
         os.setsid()
         apply_setup(setup)
         code = entry.run_config(dict(config, parent=os.getppid()))

@@ -21,6 +21,9 @@ BROKEN = {
     "hangs": "import time\nwhile True:\n    time.sleep(1)\n",
     "empty": "X = 1\n",
     "syntax": "def (:\n",
+    "twice": ("from cosihost import Controller, Output\n"
+              "class A(Controller):\n    name = 'test.Twice'\n    outputs = [Output('TwiceA.test.cosihost.dev')]\n"
+              "class B(Controller):\n    name = 'test.Twice'\n    outputs = [Output('TwiceB.test.cosihost.dev')]\n"),
 }
 REASONS = {
     "raises": "broken on purpose",
@@ -29,6 +32,7 @@ REASONS = {
     "hangs": "hung",
     "empty": "defines no Controller subclass",
     "syntax": "SyntaxError",
+    "twice": "'test.Twice' more than once",
 }
 
 
