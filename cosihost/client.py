@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import zmq
 
@@ -23,7 +23,7 @@ from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.modify import modify_spec
-from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, Record, decode,
+from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
 
@@ -129,7 +129,7 @@ class Client:
         return RemoteWatch(self, namespace, type, bootstrap=bootstrap, labels=labels, since=since)
 
 
-class RemoteWatch:
+class RemoteWatch(EventStream):
     """A watch over the wire: subscribe (proven live), then snapshot or
     history, then the live stream. Holes are filled from the supervisor's
     history; a hole it no longer covers, or a restarted supervisor, ends the
@@ -252,21 +252,6 @@ class RemoteWatch:
             self._done = True
             self._pending.clear()
         return event
-
-    def __iter__(self) -> Iterator[Event]:
-        return self
-
-    def __next__(self) -> Event:
-        event = self.next()
-        if event is None:
-            raise StopIteration
-        return event
-
-    def __enter__(self) -> "RemoteWatch":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._closed = True

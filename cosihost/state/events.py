@@ -95,7 +95,33 @@ class History:
 Translate = Callable[[Record], list[Event]]
 
 
-class Watch:
+class EventStream:
+    """Iteration and ``with`` for anything with ``next(timeout)`` and
+    ``close()``: a watch in process and a watch over the wire alike."""
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.next()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Watch(EventStream):
     """An iterator of events, live from the moment it was created.
 
     Iterate it (blocking), or call :meth:`next` with a timeout. An ``error``
@@ -116,21 +142,6 @@ class Watch:
         self._pending: collections.deque[Event] = collections.deque(pending or ())
         self._closed = False
         self._done = False
-
-    def __iter__(self) -> Iterator[Event]:
-        return self
-
-    def __next__(self) -> Event:
-        event = self.next()
-        if event is None:
-            raise StopIteration
-        return event
-
-    def __enter__(self) -> "Watch":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         with self._history.cond:
