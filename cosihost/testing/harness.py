@@ -39,7 +39,7 @@ from ..state import InMemoryState
 from ..state.events import BOOTSTRAPPED, ERROR, parse_bookmark
 from ..supervisor.registry import Declaration
 from ..worker.entry import controllers_of, load_module
-from ..worker.loop import WorkerLoop, WorkerSettings
+from ..worker.schedule import Scheduler
 from ..worker.runtime import ControllerRuntime
 from .process import wait_for
 
@@ -131,21 +131,6 @@ class _StateCache:
         pass
 
 
-class _Recorder:
-    """The controller as the loop sees it: keeps each reconcile's exception."""
-
-    def __init__(self, controller: Controller, errors: list[BaseException]) -> None:
-        self.controller = controller
-        self.errors = errors
-
-    def reconcile(self, rt: Any) -> None:
-        try:
-            self.controller.reconcile(rt)
-        except Exception as exc:
-            self.errors.append(exc)
-            raise
-
-
 class ControllerHarness:
     """One controller, its reconcile loop in a background thread, and an
     in-memory state (``h.state``) the test reads and writes as a user would.
@@ -169,10 +154,8 @@ class ControllerHarness:
         self.rt = ControllerRuntime(self.name, _StateRequester(self.state), _StateCache(self.state),  # type: ignore[arg-type]
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
-        self._loop = WorkerLoop(_Recorder(self.controller, self.errors),  # type: ignore[arg-type]
-                                WorkerSettings(name=self.name, runtime_dir="", secret="",
-                                               backoff_base=backoff_base, backoff_cap=backoff_cap))
-        self._loop.rt = self.rt
+        self._loop = Scheduler(self.controller, self.rt, backoff_base=backoff_base, backoff_cap=backoff_cap,
+                               on_error=self.errors.append)
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0           # events handed over by watchers, not yet applied
@@ -298,17 +281,17 @@ class ControllerHarness:
         loop = self._loop
         try:
             while not self._stopping.is_set():
-                if loop._due(time.monotonic()):
+                if loop.due(time.monotonic()):
                     with self._lock:
                         self._busy = True
                     try:
-                        loop._reconcile()
+                        loop.reconcile_once()
                     finally:
                         with self._lock:
                             self._busy = False
                     self._sync_watches()  # rt.update_inputs may have changed them
                     continue
-                wake = loop._wake_at()
+                wake = loop.wake_at()
                 timeout = None if wake == float("inf") else max(0.0, wake - time.monotonic())
                 try:
                     item = self._queue.get(timeout=timeout)
@@ -330,7 +313,7 @@ class ControllerHarness:
             if kind == ERROR:
                 self._loop.dirty = True  # the watcher fell behind: read everything again
             elif res is not None:
-                self._loop._on_change(namespace, type, kind, res)
+                self._loop.on_change(namespace, type, kind, res)
         finally:
             with self._lock:
                 self._pending -= 1

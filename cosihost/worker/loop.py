@@ -20,11 +20,10 @@ import zmq
 from .. import wire
 from ..controller import Controller, Input, Output
 from ..errors import UnavailableError
-from ..resource import PHASE_TEARING_DOWN, Resource
-from ..state.events import DESTROYED
 from ..transport import Requester, Subscriber, endpoint
 from .cache import Cache, Kind
 from .runtime import ControllerRuntime
+from .schedule import Scheduler
 
 log = logging.getLogger("cosihost.worker")
 
@@ -45,9 +44,6 @@ class WorkerLoop:
     def __init__(self, controller: Controller, settings: WorkerSettings) -> None:
         self.controller = controller
         self.settings = settings
-        self.dirty = True
-        self.failures = 0
-        self.backoff_until = 0.0
         self.reported = -1
         self.suspects: set[Kind] = set()
 
@@ -69,87 +65,37 @@ class WorkerLoop:
         # After registration: the events socket knows this process by its token.
         sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), token=req.token,
                          hwm=s.subscriber_hwm)
-        self.cache = Cache(req, sub, self._on_change)
+        self.cache = Cache(req, sub, lambda *change: self.sched.on_change(*change))
         self.rt = ControllerRuntime(s.name, req, self.cache,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
+        self.sched = Scheduler(self.controller, self.rt, backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
         for i in self.rt.inputs:
             self.cache.ensure(i.namespace, i.type)
         log.info("registered; %d input kind(s) synced", len(self.rt.inputs))
         next_beat = 0.0
         while True:
             now = time.monotonic()
-            if self._due(now):
-                self._reconcile()
+            if self.sched.due(now):
+                self.sched.reconcile_once()
                 now = time.monotonic()
-            if now >= next_beat or (self.reported <= 0 < self._attempts()):
+            if now >= next_beat or (self.reported <= 0 < self.sched.attempts()):
                 self._heartbeat(req)
                 next_beat = time.monotonic() + s.heartbeat
-            item = sub.recv(max(0.0, min(next_beat, self._wake_at()) - time.monotonic()))
+            item = sub.recv(max(0.0, min(next_beat, self.sched.wake_at()) - time.monotonic()))
             while item is not None:
                 self.cache.apply(*item)
                 item = sub.recv(0)
 
-    def _attempts(self) -> int:
-        return self.rt.counters.reconciles + self.rt.counters.crashes
-
-    def _due(self, now: float) -> bool:
-        if self.dirty and now >= self.backoff_until:
-            return True
-        return self.rt.requeue_at is not None and now >= self.rt.requeue_at
-
-    def _wake_at(self) -> float:
-        at = float("inf")
-        if self.dirty:
-            at = self.backoff_until
-        if self.rt.requeue_at is not None:
-            at = min(at, self.rt.requeue_at)
-        return at
-
-    def _on_change(self, namespace: str, type: str, kind: str, res: Resource) -> None:
-        for i in self.rt.inputs:
-            if i.namespace != namespace or i.type != type:
-                continue
-            if i.id is not None and i.id != res.metadata.id:
-                continue
-            if i.kind == "destroy-ready" and not _destroy_ready(kind, res):
-                continue
-            if not self.dirty:
-                self.rt.counters.wakeups += 1
-            self.dirty = True
-            return
-
-    def _reconcile(self) -> None:
-        self.dirty = False
-        self.rt.requeue_at = None
-        try:
-            self.controller.reconcile(self.rt)
-        except Exception:
-            self.rt.counters.crashes += 1
-            self.failures += 1
-            delay = min(self.settings.backoff_cap,
-                        self.settings.backoff_base * 2 ** (self.failures - 1))
-            log.exception("reconcile failed (%d in a row); retrying in %.1f s", self.failures, delay)
-            self.dirty = True
-            self.backoff_until = time.monotonic() + delay
-            return
-        self.failures = 0
-        self.rt.counters.reconciles += 1
-
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
         counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent,
-                        failures=self.failures)
+                        failures=self.sched.failures)
         try:
             reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
         except UnavailableError as exc:  # the supervisor is slow or paused: try at the next beat
             log.warning("heartbeat: %s", exc)
             return
-        self.reported = self._attempts()
+        self.reported = self.sched.attempts()
         heads = [(ns, t, seq) for ns, t, seq in reply.get("heads", [])]
         self.suspects = self.cache.check_heads(heads, self.suspects)
-
-
-def _destroy_ready(kind: str, res: Resource) -> bool:
-    md = res.metadata
-    return kind != DESTROYED and md.phase == PHASE_TEARING_DOWN and not md.finalizers

@@ -1,0 +1,86 @@
+"""When a controller reconciles: the part of its loop that needs no socket.
+
+A change to an input marks the controller dirty (a ``destroy-ready`` input
+only once it is torn down and free of finalizers); a dirty controller
+reconciles once, however many changes came in meanwhile; a failed reconcile
+is retried with exponential backoff; ``rt.requeue(after=)`` asks for another
+round. The worker's loop and the test harness both drive a :class:`Scheduler`,
+so a controller is scheduled the same way in a test as on a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from ..resource import PHASE_TEARING_DOWN, Resource
+from ..state.events import DESTROYED
+
+log = logging.getLogger("cosihost.worker")
+
+
+class Scheduler:
+    def __init__(self, controller: Any, rt: Any, *, backoff_base: float = 0.1, backoff_cap: float = 30.0,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.controller = controller
+        self.rt = rt
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.on_error = on_error
+        self.dirty = True  # reconcile once at start
+        self.failures = 0  # failed reconciles in a row
+        self.backoff_until = 0.0
+
+    def attempts(self) -> int:
+        return self.rt.counters.reconciles + self.rt.counters.crashes
+
+    def due(self, now: float) -> bool:
+        if self.dirty and now >= self.backoff_until:
+            return True
+        return self.rt.requeue_at is not None and now >= self.rt.requeue_at
+
+    def wake_at(self) -> float:
+        """When a reconcile falls due without any new change (inf: never)."""
+        at = float("inf")
+        if self.dirty:
+            at = self.backoff_until
+        if self.rt.requeue_at is not None:
+            at = min(at, self.rt.requeue_at)
+        return at
+
+    def on_change(self, namespace: str, type: str, kind: str, res: Resource) -> None:
+        for i in self.rt.inputs:
+            if i.namespace != namespace or i.type != type:
+                continue
+            if i.id is not None and i.id != res.metadata.id:
+                continue
+            if i.kind == "destroy-ready" and not _destroy_ready(kind, res):
+                continue
+            if not self.dirty:
+                self.rt.counters.wakeups += 1
+            self.dirty = True
+            return
+
+    def reconcile_once(self) -> None:
+        self.dirty = False
+        self.rt.requeue_at = None
+        try:
+            self.controller.reconcile(self.rt)
+        except Exception as exc:
+            self.rt.counters.crashes += 1
+            self.failures += 1
+            delay = min(self.backoff_cap, self.backoff_base * 2 ** (self.failures - 1))
+            log.exception("reconcile failed (%d in a row); retrying in %.1f s", self.failures, delay)
+            if self.on_error is not None:
+                self.on_error(exc)
+            self.dirty = True
+            self.backoff_until = time.monotonic() + delay
+            return
+        self.failures = 0
+        self.rt.counters.reconciles += 1
+
+
+def _destroy_ready(kind: str, res: Resource) -> bool:
+    md = res.metadata
+    return kind != DESTROYED and md.phase == PHASE_TEARING_DOWN and not md.finalizers
