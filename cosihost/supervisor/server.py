@@ -370,6 +370,9 @@ class Supervisor:
             self._build_state()
             self._install_signals()
             log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
+            if not self.settings.controllers_dir.is_dir():
+                log.warning("controllers folder %s does not exist: no controllers until it does "
+                            "and `cosihost reload`", self.settings.controllers_dir)
             self._start_scan()
             self._loop()
             self._shutdown()
