@@ -137,9 +137,11 @@ class Container:
             # (installed venvs live in /opt).
             "ProtectHome=read-only\n" if protect_home else ""))
         # First boot applies presets, which would enable and start the unit
-        # before the test asks for it.
+        # before the test asks for it, and services of packages the host has
+        # installed for other tests (etcd waits for network-online and stalls
+        # the boot).
         preset = b / "00-cosihost-test.preset"
-        preset.write_text("disable cosihost.service\n")
+        preset.write_text("disable cosihost.service\ndisable etcd.service\n")
         binds = [f"--bind-ro={p}" for p in self.python_binds] + [
             f"--bind-ro={REPO}:{SRC}",
             f"--bind-ro={UNIT}:/etc/systemd/system/cosihost.service",
