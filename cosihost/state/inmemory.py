@@ -9,7 +9,6 @@ back: an acknowledged write is a committed write.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -94,11 +93,6 @@ class InMemoryState:
             with self._collections_lock:
                 coll = self._collections.setdefault(key, Collection(namespace, type, self._history))
         return coll
-
-    def kinds(self) -> list[tuple[str, str]]:
-        """Every (namespace, type) that has been touched."""
-        with self._collections_lock:
-            return sorted(self._collections)
 
     def _commit(self, coll: Collection, res: Resource | None, rid: str, kind: str,
                 old: bytes | None, blob: bytes | None = None) -> bytes:

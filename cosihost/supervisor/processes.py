@@ -96,7 +96,6 @@ class Slot:
     decl: Declaration | None
     declared_inputs: list[Any] = dataclasses.field(default_factory=list)  # the module's, before update_inputs
     state: str = STARTING
-    reason: str = ""
     proc: Any = None  # subprocess.Popen or zygote.ZygoteProc
     secret: str = ""
     token: str = ""

@@ -78,7 +78,7 @@ class StatusWriter:
             "counters": dict(slot.counters),
             "module": slot.module.name,
             "class": slot.cls,
-            "reason": slot.reason,
+            "reason": "",  # why it was refused; a running slot was not
             "inputs": [i.to_wire() for i in slot.decl.inputs] if slot.decl else [],
             "outputs": [o.to_wire() for o in slot.decl.outputs] if slot.decl else [],
         }

@@ -232,7 +232,10 @@ class Supervision:
                 "%s (pid %d) ended: %s", slot.name, slot.pid, reason)
         slot.proc, slot.token = None, ""
         if slot.state == STOPPED:
-            self._forget(slot) if not self.stopping else self.status.update(slot)
+            if self.stopping:
+                self.status.update(slot)
+            else:
+                self._forget(slot)
             return
         slot.restarts += 1
         if slot.kill_reason in ("restart",):
