@@ -174,7 +174,7 @@ class RemoteWatch(EventStream):
             first = items[0] if items else Resource(self._ns, self._type, self._id)
             self._pending.append(Event(CREATED if items else DESTROYED, first, bookmark=self._mark(self._cursor)))
             return
-        self._translate = kind_translator(self._query, self._mark)
+        self._translate = kind_translator(self._query, lambda record: self._mark(record.seq))
         if since is not None:
             self._resume(since)
         for res in items:

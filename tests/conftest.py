@@ -7,6 +7,22 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from cosihost.testing import SupervisorProcess
+from cosihost.testing.etcdcluster import EtcdCluster, require_etcd
+
+
+@pytest.fixture(scope="session")
+def etcd_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One 3-member etcd cluster on loopback for the tests that only read and
+    write (each under a key prefix of its own); tests that stop members
+    start their own with ``etcd_cluster``. Skipped when etcd is missing."""
+    require_etcd()
+    root = tmp_path_factory.mktemp("etcd-fleet")
+    cluster = EtcdCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture

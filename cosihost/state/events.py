@@ -50,6 +50,8 @@ class Record:
     id: str
     blob: bytes
     old: bytes | None
+    #: The backend's own position of the change (an etcd revision), if any.
+    rev: int = 0
 
 
 def make_bookmark(epoch: str, seq: int) -> str:
@@ -74,9 +76,9 @@ class History:
         self.seq = 0
         self.cond = cond
 
-    def append(self, kind: str, rid: str, blob: bytes, old: bytes | None) -> Record:
+    def append(self, kind: str, rid: str, blob: bytes, old: bytes | None, rev: int = 0) -> Record:
         self.seq += 1
-        record = Record(self.seq, kind, rid, blob, old)
+        record = Record(self.seq, kind, rid, blob, old, rev)
         self.records.append(record)
         self.cond.notify_all()
         return record
@@ -193,7 +195,7 @@ def decode(blob: bytes | None) -> Resource | None:
     return None if blob is None else unpack(blob)
 
 
-def kind_translator(query: Query, bookmark: Callable[[int], str]) -> Translate:
+def kind_translator(query: Query, bookmark: Callable[[Record], str]) -> Translate:
     """Turn records into a kind watcher's events under a label query: a
     resource that starts matching appears ``created``, one that stops
     matching ``destroyed``, and changes outside the query are dropped.
@@ -203,7 +205,7 @@ def kind_translator(query: Query, bookmark: Callable[[int], str]) -> Translate:
 
     def translate(record: Record) -> list[Event]:
         res, old = unpack(record.blob), decode(record.old)
-        mark = bookmark(record.seq)
+        mark = bookmark(record)
         if not query:
             return [Event(record.kind, res, old, mark)]
         now = record.kind != DESTROYED and query.matches(res.metadata.labels)

@@ -15,12 +15,13 @@ import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
-from ..resource import (PHASE_RUNNING, PHASE_TEARING_DOWN, Resource, check_name, check_phase,
+from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
                         check_strings, pack, unpack, validated_copy)
 from ..selectors import compile_id_regex, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
                      Watch, decode, kind_translator, make_bookmark, parse_bookmark)
-from .modify import modify_spec, require_owner, require_phase
+from .modify import modify_spec
+from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
 
 DEFAULT_HISTORY = 8192
@@ -55,6 +56,23 @@ def _check_kind(namespace: Any, type: Any, id: Any = "-") -> None:
 def _check_owner(owner: Any) -> None:
     if not isinstance(owner, str):
         raise InvalidRequestError(f"owner must be a string, not {type(owner).__name__}")
+
+
+def _checked_finalizers(finalizers: Iterable[Any]) -> tuple[str, ...]:
+    items = tuple(finalizers)
+    check_strings("finalizers", items)
+    if any(not f for f in items):
+        raise InvalidRequestError("finalizers must not be empty strings")
+    return items
+
+
+def _incoming(resource: Any, owner: Any, expected_phase: Any = None) -> Resource:
+    """A validated copy of a resource to write, once its arguments are checked."""
+    res = validated_copy(resource)
+    _check_owner(owner)
+    if expected_phase is not None:
+        check_phase(expected_phase, field="expected_phase")
+    return res
 
 
 class InMemoryState:
@@ -119,7 +137,12 @@ class InMemoryState:
         kinds must not make new ones (a client could grow memory at will)."""
         return self._collections.get((namespace, type))
 
-    def _bookmark(self, seq: int) -> str:
+    def _mark_record(self, record: Record) -> str:
+        """The bookmark that resumes a watch right after ``record``."""
+        return make_bookmark(self.epoch, record.seq)
+
+    def _mark_cursor(self, coll: Collection, seq: int) -> str:
+        """The bookmark of a kind's position ``seq`` (taken under its lock)."""
         return make_bookmark(self.epoch, seq)
 
     # -- reads -----------------------------------------------------------
@@ -186,38 +209,24 @@ class InMemoryState:
 
     # -- writes ----------------------------------------------------------
     def create(self, resource: Resource, *, owner: str = "") -> Resource:
-        res = validated_copy(resource)
-        _check_owner(owner)
+        res = _incoming(resource, owner)
         md = res.metadata
         coll = self._collection(md.namespace, md.type)
         with coll.cond:
             if md.id in coll.items:
                 raise ConflictError(f"resource {md.namespace}/{md.type}/{md.id} already exists")
-            now = self._clock()
-            md.version, md.owner, md.phase = 1, owner, PHASE_RUNNING
-            md.created = md.updated = now
+            created(res, owner=owner, now=self._clock())
             self._commit(coll, res, md.id, CREATED, None)
         return res
 
     def update(self, resource: Resource, *, owner: str = "",
                expected_phase: str | None = PHASE_RUNNING) -> Resource:
-        new = validated_copy(resource)
-        _check_owner(owner)
-        if expected_phase is not None:
-            check_phase(expected_phase, field="expected_phase")
+        new = _incoming(resource, owner, expected_phase)
         md = new.metadata
         coll = self._collection(md.namespace, md.type)
         with coll.cond:
             cur = coll.load(md.id)
-            cmd = cur.metadata
-            require_owner(cur, owner, "update")
-            if md.version != cmd.version:
-                raise ConflictError(
-                    f"version conflict on {md.namespace}/{md.type}/{md.id}: "
-                    f"expected {md.version}, stored {cmd.version}")
-            require_phase(cur, expected_phase)
-            md.version, md.owner, md.phase = cmd.version + 1, cmd.owner, cmd.phase
-            md.finalizers, md.created, md.updated = cmd.finalizers, cmd.created, self._clock()
+            updated(cur, new, owner=owner, expected_phase=expected_phase, now=self._clock())
             self._commit(coll, new, md.id, UPDATED, coll.items[md.id])
         return new
 
@@ -242,12 +251,7 @@ class InMemoryState:
         _check_owner(owner)
         coll = self._collection(namespace, type)
         with coll.cond:
-            cur = coll.load(id)
-            require_owner(cur, owner, "destroy")
-            if cur.metadata.finalizers:
-                raise ConflictError(
-                    f"cannot destroy {namespace}/{type}/{id}: finalizers pending: "
-                    f"{', '.join(cur.metadata.finalizers)}")
+            check_destroy(coll.load(id), owner)
             self._commit(coll, None, id, DESTROYED, coll.items[id])
 
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
@@ -256,13 +260,10 @@ class InMemoryState:
         coll = self._collection(namespace, type)
         with coll.cond:
             cur = coll.load(id)
-            require_owner(cur, owner, "tear down")
-            md = cur.metadata
-            if md.phase != PHASE_TEARING_DOWN:
-                old = coll.items[id]
-                md.phase, md.version, md.updated = PHASE_TEARING_DOWN, md.version + 1, self._clock()
+            old = coll.items[id]
+            if torn_down(cur, owner, self._clock()):
                 self._commit(coll, cur, id, UPDATED, old)
-            return not md.finalizers
+            return not cur.metadata.finalizers
 
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         return self._change_finalizers(namespace, type, id, finalizers, add=True)
@@ -273,18 +274,12 @@ class InMemoryState:
     def _change_finalizers(self, namespace: str, type: str, id: str,
                            finalizers: Iterable[str], *, add: bool) -> Resource:
         _check_kind(namespace, type, id)
-        finalizers = tuple(finalizers)
-        check_strings("finalizers", finalizers)
-        if any(not f for f in finalizers):
-            raise InvalidRequestError("finalizers must not be empty strings")
+        finalizers = _checked_finalizers(finalizers)
         coll = self._collection(namespace, type)
         with coll.cond:
             cur = coll.load(id)
-            md = cur.metadata
-            changed = md.add_finalizers(*finalizers) if add else md.remove_finalizers(*finalizers)
-            if changed:
-                old = coll.items[id]
-                md.version, md.updated = md.version + 1, self._clock()
+            old = coll.items[id]
+            if finalizers_changed(cur, finalizers, add=add, now=self._clock()):
                 self._commit(coll, cur, id, UPDATED, old)
         return cur
 
@@ -296,16 +291,17 @@ class InMemoryState:
         with coll.cond:
             blob = coll.items.get(id)
             cursor = coll.history.seq
+            mark = self._mark_cursor(coll, cursor)
         if blob is not None:
-            first = Event(CREATED, unpack(blob), bookmark=self._bookmark(cursor))
+            first = Event(CREATED, unpack(blob), bookmark=mark)
         else:
-            first = Event(DESTROYED, Resource(namespace, type, id), bookmark=self._bookmark(cursor))
+            first = Event(DESTROYED, Resource(namespace, type, id), bookmark=mark)
 
         def translate(record: Record) -> list[Event]:
             if record.id != id:
                 return []
             return [Event(record.kind, unpack(record.blob), decode(record.old),
-                          self._bookmark(record.seq))]
+                          self._mark_record(record))]
 
         return Watch(coll.history, cursor, translate, pending=[first])
 
@@ -321,20 +317,23 @@ class InMemoryState:
         pending: list[Event] = []
         with coll.cond:
             cursor = coll.history.seq
+            mark = self._mark_cursor(coll, cursor)
             items = [coll.items[k] for k in sorted(coll.items)] if bootstrap else []
-        if since is not None:
-            cursor, error = self._resume_cursor(since, cursor)
-            if error:
-                pending.append(Event(ERROR, error=error))
+            if since is not None:
+                cursor, error = self._resume_cursor(since, coll, cursor)
+                if error:
+                    pending.append(Event(ERROR, error=error))
         for blob in items:
             res = unpack(blob)
             if query.matches(res.metadata.labels):
                 pending.append(Event(CREATED, res))
         if bootstrap:
-            pending.append(Event(BOOTSTRAPPED, bookmark=self._bookmark(cursor)))
-        return Watch(coll.history, cursor, kind_translator(query, self._bookmark), pending=pending)
+            pending.append(Event(BOOTSTRAPPED, bookmark=mark))
+        return Watch(coll.history, cursor, kind_translator(query, self._mark_record), pending=pending)
 
-    def _resume_cursor(self, since: Any, current: int) -> tuple[int, str | None]:
+    def _resume_cursor(self, since: Any, coll: Collection, current: int) -> tuple[int, str | None]:
+        """The kind's position a bookmark names, or the current one and why
+        the watch cannot resume (called under the kind's lock)."""
         parsed = parse_bookmark(since)
         if parsed is None:
             raise InvalidRequestError(f"since: {since!r} is not a bookmark")

@@ -13,21 +13,9 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..errors import ConflictError, NotFoundError, OwnerConflictError, PhaseConflictError
+from ..errors import ConflictError, NotFoundError
 from ..resource import PHASE_RUNNING, Resource
-
-
-def require_owner(cur: Resource, owner: str, verb: str) -> None:
-    if cur.metadata.owner != owner:
-        md = cur.metadata
-        raise OwnerConflictError(
-            f"cannot {verb} {md.namespace}/{md.type}/{md.id}: owned by {md.owner!r}, not {owner!r}")
-
-
-def require_phase(cur: Resource, expected: str | None) -> None:
-    md = cur.metadata
-    if expected is not None and md.phase != expected:
-        raise PhaseConflictError(f"{md.namespace}/{md.type}/{md.id} is {md.phase}, expected {expected}")
+from .rules import require_owner, require_phase
 
 
 def _copy(spec: Any) -> Any:

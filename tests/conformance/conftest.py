@@ -22,6 +22,8 @@ from typing import Any, Callable, ContextManager, Iterator
 import pytest
 
 from cosihost.state import InMemoryState, SqliteStore
+from cosihost.state.etcd import EtcdConfig, EtcdState
+from cosihost.testing.etcdcluster import EtcdCluster
 from cosihost.testing import SupervisorProcess
 
 #: Every namespace the conformance tests write to; the SQLite implementation
@@ -37,6 +39,8 @@ class Implementation:
     #: Opened on the session's shared supervisor instead of a temporary dir;
     #: tests then get namespaces no other test uses.
     shared: bool = False
+    #: A session fixture to open it on instead of a temporary dir.
+    on: str | None = None
 
 
 @contextlib.contextmanager
@@ -61,11 +65,22 @@ def _wire(supervisor: SupervisorProcess, *, admin: bool) -> Iterator[Any]:
         yield client
 
 
+@contextlib.contextmanager
+def _etcd(cluster: EtcdCluster) -> Iterator[EtcdState]:
+    """A mirror of a prefix no other test uses, in the session's 3-member cluster."""
+    st = EtcdState(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix=f"/conformance-{uuid.uuid4().hex[:8]}"))
+    try:
+        yield st
+    finally:
+        st.close()
+
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "memory": Implementation(_memory),
     "sqlite": Implementation(_sqlite),
     "wire": Implementation(lambda sup: _wire(sup, admin=True), shared=True),
     "wire-user": Implementation(lambda sup: _wire(sup, admin=False), any_owner=False, shared=True),
+    "etcd": Implementation(_etcd, on="etcd_fleet"),
 }
 
 
@@ -92,7 +107,9 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     impl = IMPLEMENTATIONS[request.param]
     if request.node.get_closest_marker("any_owner") and not impl.any_owner:
         pytest.skip(f"{request.param}: a caller writes only as itself")
-    where = request.getfixturevalue("shared_supervisor") if impl.shared else tmp_path
+    where = tmp_path
+    if impl.shared or impl.on:
+        where = request.getfixturevalue("shared_supervisor" if impl.shared else impl.on)
     with impl.open(where) as st:
         yield st
 

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from etcdcluster import EtcdCluster, require_etcd
+from cosihost.testing.etcdcluster import EtcdCluster, require_etcd
 
 
 @pytest.fixture

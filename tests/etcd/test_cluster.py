@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from etcdcluster import EtcdCluster, EtcdError, require_etcd
+from cosihost.testing.etcdcluster import EtcdCluster, EtcdError, require_etcd
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,0 +1,185 @@
+"""Talking to an etcd cluster: endpoints, TLS, retries, and what errors mean.
+
+One gRPC channel per endpoint, used in turn: a call that cannot reach its
+member, or reaches a member without a leader, moves on to the next one and
+tries again until the call's deadline. That hides a leader election (writes
+resume once a new leader is up) and fails clearly when a quorum is gone.
+
+Every call carries etcd's ``hasleader`` metadata, so a member cut off from
+the leader answers "no leader" at once instead of holding the call, and a
+watch on such a member is cancelled rather than left silent.
+
+A retried write may have been applied by the attempt that timed out: the
+caller is told (``maybe_applied``) and decides, since only it knows what
+its write should have left behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from ...errors import UnavailableError
+from .config import EtcdConfig
+from .schema import METHODS, PACKAGE, Messages
+
+_METADATA = (("hasleader", "true"),)
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", 16 << 20),
+    # Notice a member that went away without closing the connection; etcd
+    # refuses pings more often than every 5 s by default.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
+#: Errors that mean the request never reached a member able to apply it.
+_NOT_SENT = ("no leader", "failed to connect", "connection refused", "not capable")
+
+
+class CompactedError(Exception):
+    """The revision asked for was compacted away: start again from now."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (etcd keeps history from {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+def _target(endpoint: str) -> str:
+    for scheme in ("http://", "https://"):
+        if endpoint.startswith(scheme):
+            endpoint = endpoint[len(scheme):]
+    return endpoint.rstrip("/")
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UnavailableError(f"etcd: cannot read {path}: {exc.strerror}") from None
+
+
+class Connection:
+    """Calls to one etcd cluster, thread-safe."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self.config = config
+        self.m = Messages()
+        self._targets = [_target(e) for e in config.endpoints]
+        self._creds = None
+        if config.secure:
+            self._creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(config.ca_file), private_key=_read(config.key_file),
+                certificate_chain=_read(config.cert_file))
+        self._lock = threading.Lock()
+        self._channels: dict[int, grpc.Channel] = {}
+        self._stubs: dict[tuple[int, str], Callable[..., Any]] = {}
+        self._current = 0
+        self._closed = threading.Event()
+
+    # -- channels ---------------------------------------------------------------
+    def _stub(self, index: int, service: str, method: str) -> Callable[..., Any]:
+        with self._lock:
+            if self._closed.is_set():
+                raise UnavailableError("etcd: connection closed")
+            stub = self._stubs.get((index, method))
+            if stub is None:
+                channel = self._channels.get(index)
+                if channel is None:
+                    target = self._targets[index]
+                    channel = (grpc.secure_channel(target, self._creds, options=_OPTIONS) if self._creds
+                               else grpc.insecure_channel(target, options=_OPTIONS))
+                    self._channels[index] = channel
+                req, resp, streaming = METHODS[(service, method)]
+                make = channel.stream_stream if streaming else channel.unary_unary
+                stub = make(f"/{PACKAGE}.{service}/{method}",
+                            request_serializer=getattr(self.m, req).SerializeToString,
+                            response_deserializer=getattr(self.m, resp).FromString)
+                self._stubs[(index, method)] = stub
+            return stub
+
+    def _rotate(self, index: int) -> None:
+        with self._lock:
+            if self._current == index:
+                self._current = (index + 1) % len(self._targets)
+
+    def endpoint(self) -> str:
+        return self.config.endpoints[self._current]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+    # -- calls ------------------------------------------------------------------
+    def call(self, service: str, method: str, request: Any, *,
+             timeout: float | None = None) -> tuple[Any, bool]:
+        """The response, and whether an earlier attempt may have been applied.
+
+        Retries on another member until ``timeout`` (the config's by default);
+        raises :class:`UnavailableError` naming the last failure after that.
+        """
+        deadline = time.monotonic() + (timeout or self.config.timeout)
+        maybe_applied = False
+        pause = 0.02
+        while True:
+            index = self._current
+            remaining = deadline - time.monotonic()
+            try:
+                stub = self._stub(index, service, method)
+                return stub(request, timeout=max(0.05, remaining), metadata=_METADATA), maybe_applied
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+                    raise CompactedError(0) from None
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise UnavailableError(f"etcd {method}: {code.name.lower()}: {details}") from None
+                if not any(word in details.lower() for word in _NOT_SENT):
+                    maybe_applied = True
+                self._rotate(index)
+                if time.monotonic() + pause >= deadline:
+                    raise UnavailableError(
+                        f"etcd {method}: no member could apply it within {timeout or self.config.timeout:g} s "
+                        f"(last: {self.config.endpoints[index]}: {details or code.name.lower()})") from None
+                if self._closed.wait(pause):
+                    raise UnavailableError("etcd: connection closed") from None
+                pause = min(pause * 2, 0.5)
+
+    def watch(self, request: Any) -> tuple[Iterator[Any], Callable[[], None]]:
+        """Open a watch stream on the current member: its responses, and a
+        function that ends it. Failures surface from the iterator as
+        ``grpc.RpcError``; the caller reconnects with :meth:`next_member`."""
+        index = self._current
+        stub = self._stub(index, "Watch", "Watch")
+        stop = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield request
+            stop.wait()
+
+        call = stub(requests(), metadata=_METADATA)
+
+        def cancel() -> None:
+            stop.set()
+            call.cancel()
+
+        return call, cancel
+
+    def next_member(self) -> None:
+        """The watch on the current member failed: use the next one."""
+        self._rotate(self._current)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
