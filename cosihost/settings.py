@@ -80,6 +80,8 @@ class Settings:
     runtime_dir: Path
     state_dir: Path
     persistent_namespaces: list[str] = dataclasses.field(default_factory=list)
+    #: Namespaces kept in etcd, with how to reach it (an EtcdConfig each).
+    etcd_namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)
     limits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     timing: Timing = dataclasses.field(default_factory=Timing)
     history: int = 8192
@@ -103,7 +105,18 @@ class Settings:
         for name, ns in (data.get("namespaces") or {}).items():
             if not isinstance(ns, dict):
                 raise InvalidRequestError(f"config: [namespaces.{name}] must be a table")
-            if ns.get("persistent"):
+            backend = ns.get("backend", "memory")
+            if backend == "etcd":
+                if ns.get("persistent"):
+                    raise InvalidRequestError(f"config: [namespaces.{name}]: an etcd namespace is "
+                                              "durable in etcd; drop persistent")
+                from .state.etcd.config import EtcdConfig
+                self.etcd_namespaces[name] = EtcdConfig.from_table(
+                    name, {k: v for k, v in ns.items() if k != "persistent"})
+            elif backend != "memory":
+                raise InvalidRequestError(f"config: [namespaces.{name}]: unknown backend {backend!r} "
+                                          "(memory or etcd)")
+            elif ns.get("persistent"):
                 self.persistent_namespaces.append(name)
         for name, limits in (data.get("limits") or {}).items():
             if not isinstance(limits, dict):

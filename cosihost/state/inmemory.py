@@ -319,27 +319,33 @@ class InMemoryState:
             cursor = coll.history.seq
             mark = self._mark_cursor(coll, cursor)
             items = [coll.items[k] for k in sorted(coll.items)] if bootstrap else []
+            missed: list[Record] = []
             if since is not None:
-                cursor, error = self._resume_cursor(since, coll, cursor)
+                cursor, error, missed = self._resume_cursor(since, coll, cursor)
                 if error:
                     pending.append(Event(ERROR, error=error))
         for blob in items:
             res = unpack(blob)
             if query.matches(res.metadata.labels):
                 pending.append(Event(CREATED, res))
+        translate = kind_translator(query, self._mark_record)
+        for record in missed:
+            pending.extend(translate(record))
         if bootstrap:
             pending.append(Event(BOOTSTRAPPED, bookmark=mark))
-        return Watch(coll.history, cursor, kind_translator(query, self._mark_record), pending=pending)
+        return Watch(coll.history, cursor, translate, pending=pending)
 
-    def _resume_cursor(self, since: Any, coll: Collection, current: int) -> tuple[int, str | None]:
+    def _resume_cursor(self, since: Any, coll: Collection,
+                       current: int) -> tuple[int, str | None, list[Record]]:
         """The kind's position a bookmark names, or the current one and why
-        the watch cannot resume (called under the kind's lock)."""
+        the watch cannot resume; and changes to replay before the history
+        (none here). Called under the kind's lock."""
         parsed = parse_bookmark(since)
         if parsed is None:
             raise InvalidRequestError(f"since: {since!r} is not a bookmark")
         epoch, seq = parsed
         if epoch != self.epoch:
-            return current, "bookmark is from another epoch of the state; resync"
+            return current, "bookmark is from another epoch of the state; resync", []
         if seq > current or seq < 0:
-            return current, f"bookmark {since} is ahead of the history; resync"
-        return seq, None
+            return current, f"bookmark {since} is ahead of the history; resync", []
+        return seq, None, []

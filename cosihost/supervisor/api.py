@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 from .. import wire
 from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError
 from ..resource import Resource, check_name, pack, unpack
-from ..state import InMemoryState
+from ..state.router import NamespaceRouter
 from ..state.events import Record
 from ..wire import Reply, Request
 from . import access
@@ -54,6 +54,7 @@ class Host(Protocol):
     def update_inputs(self, caller: Caller, inputs: Any) -> None: ...
     def restart(self, name: str, respond: Respond) -> None: ...
     def reload(self, respond: Respond) -> None: ...
+    def offload(self, work: Callable[[], Any], respond: Respond) -> None: ...
     def controllers(self) -> list[bytes]: ...
     def summary(self) -> str: ...
 
@@ -130,7 +131,7 @@ def _page(items: list[Any]) -> tuple[list[Any], list[Any]]:
 
 
 class Api:
-    def __init__(self, state: InMemoryState, host: Host, *, admin_token: str) -> None:
+    def __init__(self, state: NamespaceRouter, host: Host, *, admin_token: str) -> None:
         self.state = state
         self.host = host
         self.admin_token = admin_token
@@ -243,40 +244,57 @@ class Api:
         items = self.state.list(ns, typ, labels=args.get("labels"), id_regex=args.get("id_regex"))
         return [pack(r) for r in items]
 
-    def op_create(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
-        res = _resource(args)
-        owner = access.effective_owner(caller, args.get("owner"))
-        access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
-        self.last_record = None
-        return self._write_result(self.state.create(res, owner=owner))
+    def _write(self, namespace: str, later: Callable[[], Respond],
+               do: Callable[[], tuple[Resource | None, dict[str, Any]]]) -> dict[str, Any]:
+        """Apply a write now, or (to a namespace kept elsewhere) off the loop,
+        answering later: the reply names the record the write produced."""
+        if not self.state.remote(namespace):
+            self.last_record = None
+            res, extra = do()
+            return {**self._write_result(res), **extra}
 
-    def op_update(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        def work() -> dict[str, Any]:
+            res, extra = do()
+            record = self.state.last_written(namespace)
+            blob = None if res is None else record.blob if record is not None else pack(res)
+            return {"resource": blob, "seq": record.seq if record is not None else 0, **extra}
+
+        self.host.offload(work, later())
+        raise Deferred
+
+    def op_create(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         res = _resource(args)
         owner = access.effective_owner(caller, args.get("owner"))
         access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
-        self.last_record = None
+        return self._write(res.metadata.namespace, later, lambda: (self.state.create(res, owner=owner), {}))
+
+    def op_update(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
+        res = _resource(args)
+        owner = access.effective_owner(caller, args.get("owner"))
+        access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
         phase = args.get("expected_phase", "running")
-        return self._write_result(self.state.update(res, owner=owner, expected_phase=phase))
+        return self._write(res.metadata.namespace, later, lambda: (
+            self.state.update(res, owner=owner, expected_phase=phase), {}))
 
-    def op_destroy(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+    def op_destroy(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         ns, typ, rid = _names(args)
         owner = access.effective_owner(caller, args.get("owner"))
         access.check_write(caller, self.host.registry, ns, typ)
-        self.last_record = None
-        self.state.destroy(ns, typ, rid, owner=owner)
-        return self._write_result(None)
+        return self._write(ns, later, lambda: (self.state.destroy(ns, typ, rid, owner=owner), {}))
 
-    def op_teardown(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+    def op_teardown(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         ns, typ, rid = _names(args)
         owner = access.effective_owner(caller, args.get("owner"))
         access.check_write(caller, self.host.registry, ns, typ)
-        self.last_record = None
-        ready = self.state.teardown(ns, typ, rid, owner=owner)
-        result = self._write_result(self.state.get(ns, typ, rid))
-        result["ready"] = ready
-        return result
 
-    def _finalizers(self, caller: Caller, args: dict[str, Any], add: bool) -> dict[str, Any]:
+        def do() -> tuple[Resource | None, dict[str, Any]]:
+            ready = self.state.teardown(ns, typ, rid, owner=owner)
+            return self.state.get(ns, typ, rid), {"ready": ready}
+
+        return self._write(ns, later, do)
+
+    def _finalizers(self, caller: Caller, args: dict[str, Any], add: bool,
+                    later: Callable[[], Respond]) -> dict[str, Any]:
         ns, typ, rid = _names(args)
         fins = args["finalizers"]
         if not isinstance(fins, list) or not all(isinstance(f, str) and f for f in fins):
@@ -284,15 +302,14 @@ class Api:
         # The rules first, so that a caller learns nothing about a kind it may not touch.
         access.check_finalizers(caller, self.host.registry, ns, typ,
                                 lambda: self.state.get(ns, typ, rid).metadata.owner)
-        self.last_record = None
         verb = self.state.add_finalizer if add else self.state.remove_finalizer
-        return self._write_result(verb(ns, typ, rid, *fins))
+        return self._write(ns, later, lambda: (verb(ns, typ, rid, *fins), {}))
 
-    def op_add_finalizer(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
-        return self._finalizers(caller, args, True)
+    def op_add_finalizer(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
+        return self._finalizers(caller, args, True, later)
 
-    def op_remove_finalizer(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
-        return self._finalizers(caller, args, False)
+    def op_remove_finalizer(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
+        return self._finalizers(caller, args, False, later)
 
     # -- cache sync --------------------------------------------------------
     def op_snapshot(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:

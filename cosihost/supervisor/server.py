@@ -39,8 +39,9 @@ from typing import Any, Callable
 import zmq
 
 from .. import wire
-from ..errors import AccessDeniedError
+from ..errors import AccessDeniedError, InvalidRequestError, UnavailableError
 from ..state import InMemoryState, SqliteStore
+from ..state.router import NamespaceRouter, group_by_config, matches
 from ..settings import Settings
 from ..state.events import Record
 from ..wire import Reply
@@ -50,8 +51,9 @@ from . import processes
 from .access import ADMIN, USER, Caller
 from .api import Api
 from .registry import Registry
+from .remote import RemoteWrites
 from .sdnotify import Notifier
-from .status import StatusWriter, supervisor_declaration
+from .status import STATUS_NAMESPACE, StatusWriter, supervisor_declaration
 from .supervision import Supervision
 
 log = logging.getLogger("cosihost.supervisor")
@@ -97,6 +99,7 @@ class Supervisor:
         #: _serve_subscriptions); cleared once the events socket's queue is empty.
         self._subs_unaligned = False
         self._refusals_logged: set[tuple[str, bytes]] = set()
+        self._etcd: list[Any] = []
 
     # -- setup -----------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -116,13 +119,41 @@ class Supervisor:
         store = None
         if self.settings.persistent_namespaces:
             store = SqliteStore.in_dir(self.settings.state_dir, namespaces=self.settings.persistent_namespaces)
-        self.state = InMemoryState(store=store, history=self.settings.history, on_event=self._on_event)
+        local = InMemoryState(store=store, history=self.settings.history, on_event=self._on_event)
+        self.remote = RemoteWrites(self._wake)
+        self.state = NamespaceRouter(local, self._remote_namespaces())
         self.registry = Registry()
         self.registry.accept(supervisor_declaration())
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
         self.status.definitions(supervisor_declaration())
+
+    def _remote_namespaces(self) -> dict[str, Any]:
+        """The etcd namespaces of the config, connected and mirrored (their
+        writes and events go through :class:`RemoteWrites`)."""
+        if not self.settings.etcd_namespaces:
+            return {}
+        try:
+            from ..state.etcd import EtcdState
+        except ImportError as exc:
+            raise InvalidRequestError(f"etcd namespaces need gRPC and protobuf ({exc.name} is missing): "
+                                      "pip install 'cosihost[etcd]'") from None
+        if any(matches(name, STATUS_NAMESPACE) for name in self.settings.etcd_namespaces):
+            raise InvalidRequestError(f"config: namespace {STATUS_NAMESPACE!r} is this host's own; "
+                                      "it cannot be kept in etcd")
+        out: dict[str, Any] = {}
+        for config, names in group_by_config(self.settings.etcd_namespaces):
+            try:
+                st = EtcdState(config, namespaces=names, history=self.settings.history,
+                               on_event=self.remote.on_event)
+            except UnavailableError as exc:
+                raise UnavailableError(f"etcd namespaces {', '.join(sorted(names))}: {exc}") from None
+            self._etcd.append(st)
+            out.update(dict.fromkeys(names, st))
+            log.info("namespaces %s kept in etcd at %s (revision %d)", ", ".join(sorted(names)),
+                     ", ".join(config.endpoints), st.applied)
+        return out
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
@@ -166,8 +197,14 @@ class Supervisor:
     # -- state hook and Api host -------------------------------------------------
     def _on_event(self, namespace: str, type: str, record: Record) -> None:
         self.api.saw(namespace, type, record)
+        self._publish(namespace, type, record)
+
+    def _publish(self, namespace: str, type: str, record: Record) -> None:
         msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old)
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
+
+    def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
+        self.remote.submit(work, respond)
 
     def publish_probe(self, topic: bytes, nonce: str) -> None:
         self._serve_subscriptions()  # those that came before the probe request: applied first
@@ -367,8 +404,8 @@ class Supervisor:
         self._prepare_dirs()
         try:
             self._bind()
-            self._build_state()
             self._install_signals()
+            self._build_state()
             log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
             if not self.settings.controllers_dir.is_dir():
                 log.warning("controllers folder %s does not exist: no controllers until it does "
@@ -415,6 +452,7 @@ class Supervisor:
             woke = self._wake_r.fileno() in events or self._wake_r in events
             if woke:
                 self._drain_wakeups()
+                self.remote.drain(self._publish)
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
                 woke = True
@@ -502,7 +540,11 @@ class Supervisor:
                 (self.settings.runtime_dir / name).unlink()
             except FileNotFoundError:
                 pass
-        store = getattr(getattr(self, "state", None), "_store", None)
+        if getattr(self, "remote", None) is not None:
+            self.remote.close()
+        for st in self._etcd:
+            st.close()
+        store = getattr(getattr(getattr(self, "state", None), "local", None), "_store", None)
         if store is not None:
             store.close()
 

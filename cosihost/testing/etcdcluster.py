@@ -11,6 +11,7 @@ and the data dirs are removed.  Tests are skipped, with the reason, when the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import pytest
 
@@ -265,6 +266,18 @@ class EtcdCluster:
             if time.monotonic() >= end:
                 raise EtcdError(f"no leader after {deadline}s")
             time.sleep(0.05)
+
+    def keys(self, prefix: str) -> dict[str, bytes]:
+        """Every key under ``prefix/`` and its value, as etcd has them."""
+        out = self.etcdctl("get", "--prefix", prefix.rstrip("/") + "/", "-w", "json").stdout
+        kvs = json.loads(out).get("kvs") or []
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]) for kv in kvs}
+
+    def namespace_config(self, prefix: str, *, namespace: str = "fleet", timeout: float = 3.0) -> str:
+        """A supervisor config keeping ``namespace`` in this cluster under ``prefix``."""
+        endpoints = ", ".join(f'"{e}"' for e in self.endpoints)
+        return (f'[namespaces."{namespace}"]\nbackend = "etcd"\nendpoints = [{endpoints}]\n'
+                f'prefix = "{prefix}"\ntimeout = {timeout}\n')
 
     def etcdctl(self, *args: str, endpoints: Optional[Sequence[str]] = None,
                 timeout: float = 5.0, input: Optional[str] = None,

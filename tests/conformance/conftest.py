@@ -41,6 +41,8 @@ class Implementation:
     shared: bool = False
     #: A session fixture to open it on instead of a temporary dir.
     on: str | None = None
+    #: Put before the tests' namespace names (to land in the backend under test).
+    ns_prefix: str = ""
 
 
 @contextlib.contextmanager
@@ -81,6 +83,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "wire": Implementation(lambda sup: _wire(sup, admin=True), shared=True),
     "wire-user": Implementation(lambda sup: _wire(sup, admin=False), any_owner=False, shared=True),
     "etcd": Implementation(_etcd, on="etcd_fleet"),
+    "wire-etcd": Implementation(lambda sup: _wire(sup, admin=True), on="etcd_supervisor", shared=True,
+                                ns_prefix="etcd-"),
 }
 
 
@@ -89,6 +93,23 @@ def shared_supervisor() -> Iterator[SupervisorProcess]:
     """One supervisor for every wire test (starting one per test costs more
     than the test); tests then use namespaces of their own (see ``ns``)."""
     sup = SupervisorProcess()
+    try:
+        sup.start()
+        yield sup
+    finally:
+        sup.cleanup()
+
+
+@pytest.fixture(scope="session")
+def etcd_supervisor(etcd_fleet: EtcdCluster) -> Iterator[SupervisorProcess]:
+    """A supervisor whose namespaces ``etcd-*`` are kept in the session's etcd."""
+    endpoints = ", ".join(f'"{e}"' for e in etcd_fleet.endpoints)
+    sup = SupervisorProcess(config=f"""
+        [namespaces."etcd-*"]
+        backend = "etcd"
+        endpoints = [{endpoints}]
+        prefix = "/wire-{uuid.uuid4().hex[:8]}"
+        """)
     try:
         sup.start()
         yield sup
@@ -109,7 +130,7 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         pytest.skip(f"{request.param}: a caller writes only as itself")
     where = tmp_path
     if impl.shared or impl.on:
-        where = request.getfixturevalue("shared_supervisor" if impl.shared else impl.on)
+        where = request.getfixturevalue(impl.on or "shared_supervisor")
     with impl.open(where) as st:
         yield st
 
@@ -117,7 +138,9 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 def _namespace(request: pytest.FixtureRequest, base: str) -> str:
     callspec = getattr(request.node, "callspec", None)
     impl = IMPLEMENTATIONS.get(callspec.params.get("state", "")) if callspec else None
-    return f"{base}-{uuid.uuid4().hex[:8]}" if impl is not None and impl.shared else base
+    if impl is None:
+        return base
+    return f"{impl.ns_prefix}{base}-{uuid.uuid4().hex[:8]}" if impl.shared else f"{impl.ns_prefix}{base}"
 
 
 @pytest.fixture

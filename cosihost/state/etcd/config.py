@@ -27,7 +27,7 @@ class EtcdConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    timeout: float = 5.0
+    timeout: float = 3.0
 
     def __post_init__(self) -> None:
         if not self.endpoints or not all(isinstance(e, str) and e for e in self.endpoints):
@@ -58,6 +58,6 @@ class EtcdConfig:
         try:
             return cls(endpoints=tuple(endpoints), prefix=str(table.get("prefix", DEFAULT_PREFIX)),
                        ca_file=table.get("ca_file"), cert_file=table.get("cert_file"),
-                       key_file=table.get("key_file"), timeout=float(table.get("timeout", 5.0)))
+                       key_file=table.get("key_file"), timeout=float(table.get("timeout", 3.0)))
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"config: [namespaces.{name}]: {exc}") from None

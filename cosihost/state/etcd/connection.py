@@ -149,9 +149,10 @@ class Connection:
                     maybe_applied = True
                 self._rotate(index)
                 if time.monotonic() + pause >= deadline:
+                    maybe = " (an attempt may still be applied if etcd recovers)" if maybe_applied else ""
                     raise UnavailableError(
-                        f"etcd {method}: no member could apply it within {timeout or self.config.timeout:g} s "
-                        f"(last: {self.config.endpoints[index]}: {details or code.name.lower()})") from None
+                        f"etcd {method}: no member could apply it within {timeout or self.config.timeout:g} s; "
+                        f"last: {self.config.endpoints[index]}: {details or code.name.lower()}{maybe}") from None
                 if self._closed.wait(pause):
                     raise UnavailableError("etcd: connection closed") from None
                 pause = min(pause * 2, 0.5)

@@ -3,8 +3,8 @@
 Why not generated stubs or a client library: the Python etcd clients are
 either unmaintained and pinned to protobuf 3 (``etcd3``) or asyncio-only
 without TLS or multiple endpoints (``aetcd``), and checked-in ``protoc``
-output is tied to the protobuf runtime that generated it. We use six RPCs
-(Range, Txn, Compact, Watch, Status and nothing else), so their messages
+output is tied to the protobuf runtime that generated it. We use a handful of RPCs
+(Range, Put, Txn, Compact, Watch, Status and nothing else), so their messages
 are declared here as a descriptor, field numbers as published in etcd's
 ``rpc.proto`` and ``kv.proto``, and built by whatever protobuf runtime is
 installed. Unknown fields that a newer etcd adds are kept and ignored.
@@ -87,6 +87,7 @@ PACKAGE = "etcdserverpb"
 #: (service, method) -> (request, response, client streaming and server streaming)
 METHODS = {
     ("KV", "Range"): ("RangeRequest", "RangeResponse", False),
+    ("KV", "Put"): ("PutRequest", "PutResponse", False),
     ("KV", "Txn"): ("TxnRequest", "TxnResponse", False),
     ("KV", "Compact"): ("CompactionRequest", "CompactionResponse", False),
     ("Watch", "Watch"): ("WatchRequest", "WatchResponse", True),

@@ -34,6 +34,7 @@ from ...resource import PHASE_RUNNING, Resource, pack, unpack, validated_copy
 from ..events import CREATED, DESTROYED, UPDATED, Record, make_bookmark, parse_bookmark
 from ..inmemory import (DEFAULT_HISTORY, Collection, EventHook, InMemoryState, _check_kind,
                         _check_owner, _checked_finalizers, _incoming)
+from ..router import matches
 from ..rules import check_destroy, created, finalizers_changed, torn_down, updated
 from . import keys
 from .config import EtcdConfig
@@ -98,7 +99,8 @@ class EtcdState(InMemoryState):
         return getattr(self._local, "record", None)
 
     def owns(self, namespace: str) -> bool:
-        return self._namespaces is None or namespace in self._namespaces
+        """Is the namespace mirrored here (names or shell patterns given)?"""
+        return self._namespaces is None or any(matches(p, namespace) for p in self._namespaces)
 
     def _check_namespace(self, namespace: str) -> None:
         if not self.owns(namespace):
@@ -130,16 +132,15 @@ class EtcdState(InMemoryState):
             del self._recent[next(iter(self._recent))]
         return record
 
-    def _range_all(self, revision: int = 0) -> tuple[Any, list[Any]]:
-        """Every key under the prefix at one revision (now, by default), paged."""
+    def _range(self, start: bytes, end: bytes, revision: int = 0) -> tuple[Any, list[Any]]:
+        """Every key in [start, end) at one revision (now, by default), paged."""
         kvs: list[Any] = []
-        start, end = self._root, keys.range_end(self._root)
         header = None
         while True:
             req = self._m.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
             resp, _ = self._conn.call("KV", "Range", req)
             header = header or resp.header
-            revision = header.revision
+            revision = header.revision if not revision else revision
             kvs.extend(resp.kvs)
             if not resp.more or not resp.kvs:
                 return header, kvs
@@ -147,7 +148,7 @@ class EtcdState(InMemoryState):
 
     def _resync(self, *, initial: bool = False) -> Any:
         """Make the mirror equal etcd now: differences become events."""
-        header, kvs = self._range_all()
+        header, kvs = self._range(self._root, keys.range_end(self._root))
         seen = set()
         with self._applying:
             for kv in kvs:
@@ -386,25 +387,54 @@ class EtcdState(InMemoryState):
     def _mark_cursor(self, coll: Collection, seq: int) -> str:
         return make_bookmark(self.epoch, max(coll.last_rev, coll.base_rev))
 
-    def _resume_cursor(self, since: Any, coll: Collection, current: int) -> tuple[int, str | None]:
+    def _resume_cursor(self, since: Any, coll: Collection,
+                       current: int) -> tuple[int, str | None, list[Record]]:
         parsed = parse_bookmark(since)
         if parsed is None:
             raise InvalidRequestError(f"since: {since!r} is not a bookmark")
         epoch, rev = parsed
         if epoch != self.epoch:
-            return current, "bookmark is from another etcd cluster; resync"
-        if rev > self._applied or rev < 0:
-            return current, f"bookmark {since} is ahead of this host's view; resync"
+            return current, "bookmark is from another etcd cluster; resync", []
+        if rev > max(self._applied, coll.last_rev, coll.base_rev) or rev < 0:
+            return current, f"bookmark {since} is ahead of this host's view; resync", []
         after = [r for r in coll.history.records if r.seq > coll.base_seq]
         if after and after[0].seq > coll.base_seq + 1:  # the oldest fell out of the history
             complete_from, cursor = after[0].rev - 1, after[0].seq - 1
         else:
             complete_from, cursor = coll.base_rev, coll.base_seq
         if rev < complete_from:
-            return current, (f"bookmark {since} is older than this host's history (from revision "
-                             f"{complete_from}); resync")
+            return self._catch_up(coll, rev, current)
         for record in after:
             if record.rev > rev:
                 break
             cursor = record.seq
-        return cursor, None
+        return cursor, None, []
+
+    def _catch_up(self, coll: Collection, rev: int, current: int) -> tuple[int, str | None, list[Record]]:
+        """A bookmark older than this mirror's history (say, from before a
+        restart): what changed since, from etcd's own history at ``rev``.
+
+        Changes come as one event per resource that differs, destroyed ones
+        first (bookmarked at ``rev``: they have no revision of their own),
+        then the others by revision, so that resuming from any of their
+        bookmarks misses nothing."""
+        prefix = keys.kind_prefix(self._root, coll.namespace, coll.type)
+        try:
+            _header, kvs = self._range(prefix, keys.range_end(prefix), rev)
+        except CompactedError:
+            return current, f"bookmark revision {rev} was compacted away by etcd; resync", []
+        except UnavailableError as exc:
+            return current, f"cannot catch up from revision {rev}: {exc}; resync", []
+        then = {names[2]: kv for kv in kvs if (names := keys.parse(self._root, kv.key)) is not None}
+        gone, changed = [], []
+        for rid in sorted(then.keys() - coll.items.keys()):
+            gone.append(Record(0, DESTROYED, rid, then[rid].value, None, rev))
+        for rid, blob in coll.items.items():
+            now_rev = self._revs.get((coll.namespace, coll.type, rid), 0)
+            old = then.get(rid)
+            if old is None:
+                changed.append(Record(0, CREATED, rid, blob, None, now_rev))
+            elif old.mod_revision != now_rev:
+                changed.append(Record(0, UPDATED, rid, blob, old.value, now_rev))
+        changed.sort(key=lambda r: r.rev)
+        return current, None, gone + changed

@@ -1,0 +1,125 @@
+"""One state API over several backends, chosen by namespace.
+
+The supervisor serves every namespace through one object: most live in
+process (in memory, or durable in SQLite), and those the config puts in
+etcd go to an :class:`~cosihost.state.etcd.EtcdState`. Controllers, the
+wire and the CLI see one state; only the supervisor asks :meth:`remote`
+to know which writes may block on the network.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ..resource import Resource
+from .events import Record
+from .inmemory import InMemoryState
+
+
+class NamespaceRouter:
+    """The state API, each namespace answered by its backend."""
+
+    def __init__(self, local: InMemoryState, remote: Mapping[str, InMemoryState] | None = None) -> None:
+        self.local = local
+        self._remote = dict(remote or {})
+
+    @property
+    def epoch(self) -> str:
+        return self.local.epoch
+
+    def backend(self, namespace: Any) -> InMemoryState:
+        if not isinstance(namespace, str) or not self._remote:
+            return self.local
+        found = self._remote.get(namespace)
+        if found is None:
+            found = next((st for pattern, st in self._remote.items() if matches(pattern, namespace)),
+                         self.local)
+        return found
+
+    def remote(self, namespace: Any) -> bool:
+        """Is the namespace kept elsewhere (its writes wait on the network)?"""
+        return self.backend(namespace) is not self.local
+
+    def backends(self) -> list[InMemoryState]:
+        unique: list[InMemoryState] = []
+        for st in self._remote.values():
+            if all(st is not u for u in unique):
+                unique.append(st)
+        return unique
+
+    def close(self) -> None:
+        for st in self.backends():
+            st.close()  # type: ignore[attr-defined]
+
+    # -- the state API -----------------------------------------------------------
+    def get(self, namespace: str, type: str, id: str) -> Resource:
+        return self.backend(namespace).get(namespace, type, id)
+
+    def list(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
+             id_regex: str | None = None) -> list[Resource]:
+        return self.backend(namespace).list(namespace, type, labels=labels, id_regex=id_regex)
+
+    def create(self, resource: Resource, *, owner: str = "") -> Resource:
+        return self._of(resource).create(resource, owner=owner)
+
+    def update(self, resource: Resource, *, owner: str = "",
+               expected_phase: str | None = "running") -> Resource:
+        return self._of(resource).update(resource, owner=owner, expected_phase=expected_phase)
+
+    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
+               owner: str = "") -> Resource:
+        return self.backend(namespace).modify(namespace, type, id, fn, owner=owner)
+
+    def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
+        self.backend(namespace).destroy(namespace, type, id, owner=owner)
+
+    def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
+        return self.backend(namespace).teardown(namespace, type, id, owner=owner)
+
+    def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        return self.backend(namespace).add_finalizer(namespace, type, id, *finalizers)
+
+    def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        return self.backend(namespace).remove_finalizer(namespace, type, id, *finalizers)
+
+    def watch(self, namespace: str, type: str, id: str) -> Any:
+        return self.backend(namespace).watch(namespace, type, id)
+
+    def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
+                   labels: str | Sequence[str] | None = None, since: str | None = None) -> Any:
+        return self.backend(namespace).watch_kind(namespace, type, bootstrap=bootstrap, labels=labels,
+                                                  since=since)
+
+    # -- what the supervisor serves controllers' caches from ---------------------
+    def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
+        return self.backend(namespace).snapshot(namespace, type)
+
+    def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
+        return self.backend(namespace).snapshot_items(namespace, type)
+
+    def head(self, namespace: str, type: str) -> int:
+        return self.backend(namespace).head(namespace, type)
+
+    def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
+        return self.backend(namespace).records_since(namespace, type, seq)
+
+    def last_written(self, namespace: str) -> Record | None:
+        """The calling thread's last write to a remote namespace, as a record."""
+        return self.backend(namespace).last_written()  # type: ignore[attr-defined]
+
+    def _of(self, resource: Any) -> InMemoryState:
+        return self.backend(getattr(getattr(resource, "metadata", None), "namespace", None))
+
+
+def matches(pattern: str, namespace: str) -> bool:
+    """Config namespace names may be shell patterns: ``site-*``."""
+    return pattern == namespace or fnmatch.fnmatchcase(namespace, pattern)
+
+
+def group_by_config(configs: Mapping[str, Any]) -> Iterable[tuple[Any, list[str]]]:
+    """Namespaces that share one backend configuration, together."""
+    groups: dict[Any, list[str]] = {}
+    for namespace, config in configs.items():
+        groups.setdefault(config, []).append(namespace)
+    return groups.items()

@@ -1,0 +1,80 @@
+"""Writes to etcd namespaces, done off the supervisor's loop.
+
+A write to etcd takes a network round trip, and many while a quorum is
+lost: done in the loop, it would hold up every other controller (and their
+heartbeats). So such writes run on a small pool of threads, and what they
+produce comes back to the loop through queues: the reply to send, and the
+events to publish (from the write itself, or from the etcd watch when
+another host wrote). The loop alone touches the sockets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+from typing import Any, Callable
+
+from ..errors import CosiError
+from ..state.events import Record
+from ..wire import Reply
+
+log = logging.getLogger("cosihost.supervisor")
+
+WORKERS = 8
+
+Respond = Callable[[Reply], None]
+Publish = Callable[[str, str, Record], None]
+
+
+class RemoteWrites:
+    """The pool, and the two queues back to the loop."""
+
+    def __init__(self, wake: Callable[[], None], *, workers: int = WORKERS) -> None:
+        self._wake = wake
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                           thread_name_prefix="cosihost-remote")
+        self._events: queue.SimpleQueue[tuple[str, str, Record]] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[Respond, Reply]] = queue.SimpleQueue()
+        self.pending = 0
+
+    def on_event(self, namespace: str, type: str, record: Record) -> None:
+        """State hook of a remote backend (any thread): publish from the loop."""
+        self._events.put((namespace, type, record))
+        self._wake()
+
+    def submit(self, work: Callable[[], Any], respond: Respond) -> None:
+        """Run ``work`` on the pool; its result (or error) is the reply."""
+        self.pending += 1
+
+        def run() -> None:
+            try:
+                reply = Reply(True, "", result=work())
+            except CosiError as exc:
+                reply = Reply.error("", exc)
+            except Exception as exc:  # a bug here must not take the supervisor down
+                log.exception("remote write failed")
+                reply = Reply(False, "", code="internal", message=f"internal error: {exc!r}")
+            self._replies.put((respond, reply))
+            self._wake()
+
+        self._pool.submit(run)
+
+    def drain(self, publish: Publish) -> None:
+        """In the loop: publish events first (a write's event goes out before
+        its reply), then answer finished writes."""
+        while True:
+            try:
+                publish(*self._events.get_nowait())
+            except queue.Empty:
+                break
+        while True:
+            try:
+                respond, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self.pending -= 1
+            respond(reply)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
