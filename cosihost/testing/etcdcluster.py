@@ -36,7 +36,7 @@ ELECTION_MS = 500
 START_DEADLINE = 20.0
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (held open together while
     picking, so they differ; a race with another process remains possible
     but is vanishingly rare on a test machine)."""
@@ -183,7 +183,7 @@ def run_etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 5.0,
 class EtcdCluster:
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root
-        ports = _free_ports(2 * size)
+        ports = free_ports(2 * size)
         names = [f"m{i}" for i in range(size)]
         initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}"
                            for i, n in enumerate(names))

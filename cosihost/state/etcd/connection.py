@@ -150,6 +150,8 @@ class Connection:
                 self._rotate(index)
                 if time.monotonic() + pause >= deadline:
                     maybe = " (an attempt may still be applied if etcd recovers)" if maybe_applied else ""
+                    if any(word in details for word in ("TSI_", "SSL", "handshake", "certificate")):
+                        maybe += " (TLS failed: check ca_file, cert_file and key_file)"
                     raise UnavailableError(
                         f"etcd {method}: no member could apply it within {timeout or self.config.timeout:g} s; "
                         f"last: {self.config.endpoints[index]}: {details or code.name.lower()}{maybe}") from None
