@@ -28,6 +28,7 @@ BENCHMARKS = [
     "host_events",
     "host_scale",
     "host_processes",
+    "etcd_backend",
 ]
 
 

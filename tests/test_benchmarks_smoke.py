@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = [
     "write_rate", "event_latency_p99", "aggregate_write_rate", "fanout_rate", "bootstrap_100k_s",
     "supervisor_bytes_per_resource", "restart_s", "controller_uss_mb", "idle_cpu_pct",
+    "etcd_write_rate", "etcd_concurrent_write_rate", "etcd_event_latency_p50", "memory_write_rate_beside_etcd", "etcd_state_write_rate",
 ]
 KEYS = ["name", "value", "unit", "baseline", "ratio", "target"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
+import threading
 from typing import Any, Callable
 
 from ..errors import CosiError
@@ -37,17 +38,22 @@ class RemoteWrites:
         self._events: queue.SimpleQueue[tuple[str, str, Record]] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[tuple[Respond, Reply]] = queue.SimpleQueue()
         self.pending = 0
+        self._local = threading.local()
 
     def on_event(self, namespace: str, type: str, record: Record) -> None:
-        """State hook of a remote backend (any thread): publish from the loop."""
+        """State hook of a remote backend (any thread): publish from the loop.
+        A pool thread's own write needs no wake-up: its reply's wake-up
+        follows, and the loop publishes queued events before replies."""
         self._events.put((namespace, type, record))
-        self._wake()
+        if not getattr(self._local, "writing", False):
+            self._wake()
 
     def submit(self, work: Callable[[], Any], respond: Respond) -> None:
         """Run ``work`` on the pool; its result (or error) is the reply."""
         self.pending += 1
 
         def run() -> None:
+            self._local.writing = True
             try:
                 reply = Reply(True, "", result=work())
             except CosiError as exc:

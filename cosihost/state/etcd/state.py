@@ -68,6 +68,8 @@ class EtcdState(InMemoryState):
         self._revs: dict[tuple[str, str, str], int] = {}
         self._applied = 0
         self._applying = threading.Condition()
+        #: Our acknowledged writes waiting for the revisions before them.
+        self._pending: dict[int, tuple[tuple[str, str, str], bytes | None]] = {}
         self._recent: dict[int, Record] = {}
         self._local = threading.local()
         self._stop = threading.Event()
@@ -163,6 +165,7 @@ class EtcdState(InMemoryState):
             for names in [n for n in self._revs if n not in seen]:
                 self._apply(*names, None, header.revision)
             self._applied = max(self._applied, header.revision)
+            self._drain_pending()
             for coll in list(self._collections.values()):
                 coll.base_seq, coll.base_rev = coll.history.seq, self._applied
             self._applying.notify_all()
@@ -237,17 +240,23 @@ class EtcdState(InMemoryState):
                 if names is not None:
                     self._apply(*names, ev.kv.value if ev.type == PUT else None, rev)
                 self._applied = rev
+            self._drain_pending()
             self._applying.notify_all()
 
-    def _settle(self, names: tuple[str, str, str], blob: bytes | None, rev: int) -> Record | None:
-        """Wait until the mirror holds the write etcd acknowledged at ``rev``."""
+    def _settle(self, names: tuple[str, str, str], blob: bytes | None, rev: int, *,
+                exact: bool = True) -> Record | None:
+        """Wait until the mirror holds the write etcd acknowledged at ``rev``.
+
+        An ``exact`` revision is that of this very write: it is applied at
+        once when every revision before it is applied, by the watch or by
+        other writers of this process (so concurrent local writers do not
+        wait for their own events to come back). Otherwise (a retried
+        delete whose revision is not known) only the watch may apply it."""
         deadline = time.monotonic() + self.config.timeout
         with self._applying:
-            if self._applied == rev - 1:  # nothing else happened in between: apply it now
-                record = self._apply(*names, blob, rev)
-                self._applied = rev
-                self._applying.notify_all()
-                return record
+            if exact and rev > self._applied:
+                self._pending[rev] = (names, blob)
+                self._drain_pending()
             while self._applied < rev:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -255,6 +264,19 @@ class EtcdState(InMemoryState):
                     return None
                 self._applying.wait(remaining)
             return self._recent.get(rev)
+
+    def _drain_pending(self) -> None:
+        """Apply acknowledged writes of ours that follow on without a gap
+        (under ``_applying``); forget those the watch applied already."""
+        pending = self._pending
+        if not pending:
+            return
+        while (nxt := pending.pop(self._applied + 1, None)) is not None:
+            self._apply(*nxt[0], nxt[1], self._applied + 1)
+            self._applied += 1
+        for rev in [r for r in pending if r <= self._applied]:
+            del pending[rev]
+        self._applying.notify_all()
 
     # -- compare-and-swap ----------------------------------------------------------
     def _current(self, names: tuple[str, str, str], *, fresh: bool) -> tuple[bytes | None, int]:
@@ -315,8 +337,8 @@ class EtcdState(InMemoryState):
             kvs = resp.responses[0].response_range.kvs
             if maybe_applied and (new is None and not kvs or kvs and kvs[0].value == new):
                 # Our own write, applied by an attempt whose answer was lost.
-                self._local.record = self._settle(names, new, resp.header.revision if not kvs
-                                                  else kvs[0].mod_revision)
+                self._local.record = (self._settle(names, new, kvs[0].mod_revision) if kvs else
+                                      self._settle(names, new, resp.header.revision, exact=False))
                 return want
             blob, rev, fresh = (kvs[0].value, kvs[0].mod_revision, True) if kvs else (None, 0, True)
 
