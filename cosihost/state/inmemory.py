@@ -109,8 +109,14 @@ class InMemoryState:
         coll = self._collections.get(key)
         if coll is None:
             with self._collections_lock:
-                coll = self._collections.setdefault(key, Collection(namespace, type, self._history))
+                coll = self._collections.get(key)
+                if coll is None:
+                    coll = self._collections[key] = self._new_collection(namespace, type)
         return coll
+
+    def _new_collection(self, namespace: str, type: str) -> Collection:
+        """A kind's collection, made once (under the collections lock)."""
+        return Collection(namespace, type, self._history)
 
     def _commit(self, coll: Collection, res: Resource | None, rid: str, kind: str,
                 old: bytes | None, blob: bytes | None = None) -> bytes:

@@ -16,13 +16,16 @@ import queue
 import threading
 from typing import Any, Callable
 
-from ..errors import CosiError
+from ..errors import CosiError, UnavailableError
 from ..state.events import Record
 from ..wire import Reply
 
 log = logging.getLogger("cosihost.supervisor")
 
 WORKERS = 8
+#: Writes queued or running at most; more are refused at once (while etcd
+#: has no quorum each one holds a worker for its whole timeout).
+BACKLOG = 512
 
 Respond = Callable[[Reply], None]
 Publish = Callable[[str, str, Record], None]
@@ -50,6 +53,9 @@ class RemoteWrites:
 
     def submit(self, work: Callable[[], Any], respond: Respond) -> None:
         """Run ``work`` on the pool; its result (or error) is the reply."""
+        if self.pending >= BACKLOG:
+            raise UnavailableError(f"{self.pending} writes to remote namespaces are waiting already; "
+                                   "try again later")
         self.pending += 1
 
         def run() -> None:

@@ -50,6 +50,8 @@ def run_with_config(tmp_path, config: str) -> subprocess.CompletedProcess[str]:
     ('backend = "etcd"\nendpoints = ["127.0.0.1:9"]\npersistent = true', "drop persistent"),
     ('backend = "etcd"\nendpoint = ["127.0.0.1:9"]', "unknown key 'endpoint'"),
     ('backend = "zookeeper"', "unknown backend 'zookeeper'"),
+    ('backend = "etcd"\nendpoints = ["127.0.0.1:9"]\ntimeout = "fast"', "timeout must be a number of seconds"),
+    ('backend = "etcd"\nendpoints = ["127.0.0.1:9"]\nca_file = 3', "ca_file must be a string"),
 ])
 def test_bad_etcd_config_is_one_clear_line(tmp_path, table, expected):
     result = run_with_config(tmp_path, "[namespaces.fleet]\n" + table + "\n")

@@ -55,9 +55,15 @@ class EtcdConfig:
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         if not isinstance(endpoints, list):
             raise InvalidRequestError(f"config: [namespaces.{name}]: endpoints must be a list of URLs")
+        for key in ("prefix", "ca_file", "cert_file", "key_file"):
+            if key in table and not isinstance(table[key], str):
+                raise InvalidRequestError(f"config: [namespaces.{name}]: {key} must be a string")
+        timeout = table.get("timeout", 3.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise InvalidRequestError(f"config: [namespaces.{name}]: timeout must be a number of seconds")
         try:
-            return cls(endpoints=tuple(endpoints), prefix=str(table.get("prefix", DEFAULT_PREFIX)),
+            return cls(endpoints=tuple(endpoints), prefix=table.get("prefix", DEFAULT_PREFIX),
                        ca_file=table.get("ca_file"), cert_file=table.get("cert_file"),
-                       key_file=table.get("key_file"), timeout=float(table.get("timeout", 3.0)))
+                       key_file=table.get("key_file"), timeout=float(timeout))
         except InvalidRequestError as exc:
             raise InvalidRequestError(f"config: [namespaces.{name}]: {exc}") from None

@@ -40,13 +40,20 @@ _OPTIONS = [
 ]
 #: Errors that mean the request never reached a member able to apply it.
 _NOT_SENT = ("no leader", "failed to connect", "connection refused", "not capable")
+#: Errors about the request itself: another member would say the same.
+_REQUEST_ERRORS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
+                             grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.NOT_FOUND})
+_WRITES = frozenset({"Txn", "Put", "Compact"})
 
 
 class CompactedError(Exception):
     """The revision asked for was compacted away: start again from now."""
 
     def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (etcd keeps history from {compact_revision})")
+        where = f" (etcd keeps history from revision {compact_revision})" if compact_revision else ""
+        super().__init__(f"the revision asked for was compacted away{where}")
         self.compact_revision = compact_revision
 
 
@@ -127,10 +134,14 @@ class Connection:
              timeout: float | None = None) -> tuple[Any, bool]:
         """The response, and whether an earlier attempt may have been applied.
 
-        Retries on another member until ``timeout`` (the config's by default);
-        raises :class:`UnavailableError` naming the last failure after that.
+        Each attempt gets a share of ``timeout`` (the config's by default),
+        so a member that hangs cannot use it all; a failed attempt moves on
+        to the next member. Raises :class:`UnavailableError` naming the last
+        failure once the time is up.
         """
-        deadline = time.monotonic() + (timeout or self.config.timeout)
+        total = timeout or self.config.timeout
+        deadline = time.monotonic() + total
+        share = max(0.5, total / (len(self._targets) + 1))
         maybe_applied = False
         pause = 0.02
         while True:
@@ -138,26 +149,35 @@ class Connection:
             remaining = deadline - time.monotonic()
             try:
                 stub = self._stub(index, service, method)
-                return stub(request, timeout=max(0.05, remaining), metadata=_METADATA), maybe_applied
+                attempt = max(0.05, min(remaining, share))
+                return stub(request, timeout=attempt, metadata=_METADATA), maybe_applied
+            except ValueError:  # the channel was closed under us
+                raise UnavailableError("etcd: connection closed") from None
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
                     raise CompactedError(0) from None
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if code in _REQUEST_ERRORS:
                     raise UnavailableError(f"etcd {method}: {code.name.lower()}: {details}") from None
-                if not any(word in details.lower() for word in _NOT_SENT):
+                if method in _WRITES and not any(word in details.lower() for word in _NOT_SENT):
                     maybe_applied = True
                 self._rotate(index)
                 if time.monotonic() + pause >= deadline:
-                    maybe = " (an attempt may still be applied if etcd recovers)" if maybe_applied else ""
-                    if any(word in details for word in ("TSI_", "SSL", "handshake", "certificate")):
-                        maybe += " (TLS failed: check ca_file, cert_file and key_file)"
-                    raise UnavailableError(
-                        f"etcd {method}: no member could apply it within {timeout or self.config.timeout:g} s; "
-                        f"last: {self.config.endpoints[index]}: {details or code.name.lower()}{maybe}") from None
+                    raise UnavailableError(self._failure(method, total, index, details or code.name.lower(),
+                                                         maybe_applied)) from None
                 if self._closed.wait(pause):
                     raise UnavailableError("etcd: connection closed") from None
                 pause = min(pause * 2, 0.5)
+
+    def _failure(self, method: str, total: float, index: int, details: str, maybe_applied: bool) -> str:
+        what = "apply it" if method in _WRITES else "answer"
+        text = (f"etcd {method}: no member could {what} within {total:g} s; "
+                f"last: {self.config.endpoints[index]}: {details}")
+        if maybe_applied:
+            text += " (an attempt may still be applied if etcd recovers)"
+        if any(word in details for word in ("TSI_", "SSL", "handshake", "certificate")):
+            text += " (TLS failed: check ca_file, cert_file and key_file)"
+        return text
 
     def watch(self, request: Any) -> tuple[Iterator[Any], Callable[[], None]]:
         """Open a watch stream on the current member: its responses, and a

@@ -1,0 +1,373 @@
+"""A host's view of an etcd prefix: one watch keeping an in-memory state equal
+to etcd, revision by revision.
+
+The mirror starts with a range read at revision R and then watches from
+R + 1, so no change is missed or seen twice. Changes become the same
+records and events as local writes (``on_event``); a revision's changes are
+applied together, in etcd's order. When the watch breaks it resumes after
+the last applied revision on the next member; when etcd compacted that
+revision away, the mirror re-reads everything and turns the differences
+into events.
+
+Writes are not made here (see :mod:`.state`), but their acknowledged
+revisions are handed in (:meth:`Mirror._settle`), so a writer reads its
+own write as soon as etcd acknowledged it, without waiting for the watch.
+
+Bookmarks are etcd revisions, so they outlive this process: a watch
+resumed from one older than this mirror's history gets what changed since,
+computed from etcd's own history at that revision.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import grpc
+
+from ...errors import InvalidRequestError, UnavailableError
+from ..events import CREATED, DESTROYED, UPDATED, Record, Watch, make_bookmark, parse_bookmark
+from ..inmemory import DEFAULT_HISTORY, Collection, EventHook, InMemoryState
+from ..router import matches
+from . import keys
+from .config import EtcdConfig
+from .connection import CompactedError, Connection
+from .schema import PUT
+
+log = logging.getLogger("cosihost.etcd")
+
+PAGE = 1000
+#: Records kept to answer writers waiting for the watch to deliver theirs.
+RECENT = 4096
+Names = tuple[str, str, str]
+
+
+class Mirror(InMemoryState):
+    """An in-memory state that follows an etcd prefix. Close it when done."""
+
+    def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
+                 history: int = DEFAULT_HISTORY, on_event: EventHook | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(history=history, on_event=on_event, clock=clock)
+        self.config = config
+        self._namespaces = None if namespaces is None else frozenset(namespaces)
+        self._conn = Connection(config)
+        self._m = self._conn.m
+        self._root = keys.root(config.prefix)
+        self._revs: dict[Names, int] = {}
+        self._applied = 0
+        #: The revision the history of every kind is complete from.
+        self._start = 0
+        self._applying = threading.Condition()
+        #: Acknowledged writes of this process waiting for the revisions before them.
+        self._pending: dict[int, tuple[Names, bytes | None]] = {}
+        self._recent: dict[int, Record] = {}
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._cancel_watch: Callable[[], None] = lambda: None
+        try:
+            header = self._resync(initial=True)
+        except CompactedError as exc:  # compacted while paging: one more try
+            try:
+                header = self._resync(initial=True)
+            except BaseException:
+                self._conn.close()
+                raise UnavailableError(f"etcd: cannot read a consistent snapshot: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+        self.epoch = f"etcd-{header.cluster_id:x}"
+        self._watcher = threading.Thread(target=self._watch_loop, name="cosihost-etcd-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._cancel_watch()
+        with self._applying:
+            self._applying.notify_all()  # writers waiting for the watch: it won't come
+        self._conn.close()
+        self._watcher.join(timeout=5)
+
+    @property
+    def applied(self) -> int:
+        """The etcd revision the mirror reflects."""
+        return self._applied
+
+    def owns(self, namespace: str) -> bool:
+        """Is the namespace mirrored here (names or shell patterns given)?"""
+        return self._namespaces is None or any(matches(p, namespace) for p in self._namespaces)
+
+    def _new_collection(self, namespace: str, type: str) -> Collection:
+        coll = super()._new_collection(namespace, type)
+        # A kind first seen now had no change since the mirror's start.
+        coll.base_seq, coll.base_rev, coll.last_rev = 0, self._start, 0  # type: ignore[attr-defined]
+        return coll
+
+    # -- applying changes --------------------------------------------------------
+    def _apply(self, ns: str, typ: str, rid: str, blob: bytes | None, rev: int) -> Record | None:
+        """One change at ``rev`` into the mirror, as an event (under ``_applying``)."""
+        if not self.owns(ns):
+            return None
+        coll = self._collection(ns, typ)
+        with coll.cond:
+            old = coll.items.get(rid)
+            if blob is None:
+                if old is None:
+                    return None
+                del coll.items[rid]
+                self._revs.pop((ns, typ, rid), None)
+                record = coll.history.append(DESTROYED, rid, old, None, rev)
+            else:
+                coll.items[rid] = blob
+                self._revs[(ns, typ, rid)] = rev
+                record = coll.history.append(UPDATED if old is not None else CREATED, rid, blob, old, rev)
+            coll.last_rev = rev  # type: ignore[attr-defined]
+            if self._on_event is not None:
+                self._on_event(ns, typ, record)
+        self._recent[rev] = record
+        if len(self._recent) > RECENT:
+            del self._recent[next(iter(self._recent))]
+        return record
+
+    def _apply_events(self, events: Iterable[Any]) -> None:
+        """One watch response: whole revisions (etcd never splits one), in order."""
+        with self._applying:
+            floor = self._applied  # revisions up to here are in (our own writes, say)
+            for ev in events:
+                rev = ev.kv.mod_revision
+                if rev <= floor:
+                    continue
+                names = keys.parse(self._root, ev.kv.key)
+                if names is not None:
+                    self._apply(*names, ev.kv.value if ev.type == PUT else None, rev)
+                self._applied = rev
+            self._drain_pending()
+            self._applying.notify_all()
+
+    def _settle(self, names: Names, blob: bytes | None, rev: int) -> Record | None:
+        """Wait until the mirror holds this write, acknowledged at ``rev``.
+
+        It is applied at once when every revision before it is applied, by
+        the watch or by other writers of this process, so concurrent local
+        writers do not wait for their own events to come back."""
+        deadline = time.monotonic() + self.config.timeout
+        with self._applying:
+            if rev > self._applied:
+                self._pending[rev] = (names, blob)
+                self._drain_pending()
+            while self._applied < rev:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, rev)
+                    return None
+                self._applying.wait(remaining)
+            return self._recent.get(rev)
+
+    def _settle_gone(self, names: Names) -> None:
+        """Wait until the mirror no longer holds a key (a delete whose revision
+        is not known: retried after an attempt that may have applied it)."""
+        deadline = time.monotonic() + self.config.timeout
+        with self._applying:
+            while names in self._revs and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._applying.wait(remaining)
+
+    def _drain_pending(self) -> None:
+        """Apply acknowledged writes that follow on without a gap (under
+        ``_applying``); forget those the watch applied already."""
+        pending = self._pending
+        if not pending:
+            return
+        while (nxt := pending.pop(self._applied + 1, None)) is not None:
+            self._apply(*nxt[0], nxt[1], self._applied + 1)
+            self._applied += 1
+        for rev in [r for r in pending if r <= self._applied]:
+            del pending[rev]
+        self._applying.notify_all()
+
+    # -- reading etcd --------------------------------------------------------------
+    def _range(self, start: bytes, end: bytes, revision: int = 0) -> tuple[Any, list[Any]]:
+        """Every key in [start, end) at one revision (now, by default), paged."""
+        kvs: list[Any] = []
+        header = None
+        while True:
+            req = self._m.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
+            resp, _ = self._conn.call("KV", "Range", req)
+            header = header or resp.header
+            revision = revision or header.revision
+            kvs.extend(resp.kvs)
+            if not resp.more or not resp.kvs:
+                return header, kvs
+            start = resp.kvs[-1].key + b"\0"
+
+    def _resync(self, *, initial: bool = False) -> Any:
+        """Make the mirror equal etcd now: differences become events."""
+        header, kvs = self._range(self._root, keys.range_end(self._root))
+        seen = set()
+        with self._applying:
+            for kv in kvs:
+                names = keys.parse(self._root, kv.key)
+                if names is None or not self.owns(names[0]):
+                    continue
+                seen.add(names)
+                if initial:
+                    self._load(names, kv)
+                elif self._revs.get(names) != kv.mod_revision:
+                    self._apply(*names, kv.value, kv.mod_revision)
+            for names in [n for n in self._revs if n not in seen]:
+                self._apply(*names, None, header.revision)
+            self._applied = self._start = max(self._applied, header.revision)
+            self._drain_pending()
+            for coll in list(self._collections.values()):
+                with coll.cond:  # histories are complete from here on
+                    coll.base_seq, coll.base_rev = coll.history.seq, self._start  # type: ignore[attr-defined]
+            self._applying.notify_all()
+        return header
+
+    def _load(self, names: Names, kv: Any) -> None:
+        """Startup: fill the mirror quietly, as a persistent store loads."""
+        coll = self._collection(names[0], names[1])
+        coll.items[names[2]] = kv.value
+        self._revs[names] = kv.mod_revision
+        coll.last_rev = max(coll.last_rev, kv.mod_revision)  # type: ignore[attr-defined]
+
+    # -- the watch -----------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        """Follow etcd until closed, whatever happens on the way."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                failures = 0
+            except CompactedError:
+                log.warning("etcd compacted past revision %d: resyncing", self._applied)
+                self._retrying(self._resync)
+            except Exception as exc:  # the mirror must never stop following
+                if self._stop.is_set():
+                    return
+                failures += 1
+                detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "etcd watch on %s ended (%s); reconnecting", self._conn.endpoint(), detail)
+                self._conn.next_member()
+                self._stop.wait(min(0.05 * failures, 1.0))
+
+    def _retrying(self, fn: Callable[[], Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                fn()
+                return
+            except Exception as exc:
+                log.warning("etcd resync failed (%s); retrying", exc)
+                self._stop.wait(0.5)
+
+    def _follow(self) -> None:
+        """Apply one watch stream's events until it ends."""
+        create = self._m.WatchCreateRequest(key=self._root, range_end=keys.range_end(self._root),
+                                            start_revision=self._applied + 1, prev_kv=False)
+        responses, self._cancel_watch = self._conn.watch(self._m.WatchRequest(create_request=create))
+        try:
+            if self._stop.is_set():
+                return
+            for resp in responses:
+                if resp.compact_revision:
+                    raise CompactedError(resp.compact_revision)
+                if resp.canceled:
+                    raise UnavailableError(f"watch cancelled: {resp.cancel_reason or 'no reason given'}")
+                if resp.events:
+                    self._apply_events(resp.events)
+        finally:
+            self._cancel_watch()  # ends the stream and its request thread
+
+    # -- bookmarks are revisions -------------------------------------------------
+    def _mark_record(self, record: Record) -> str:
+        return make_bookmark(self.epoch, record.rev)
+
+    def _mark_cursor(self, coll: Collection, seq: int) -> str:
+        return make_bookmark(self.epoch, max(coll.last_rev, coll.base_rev))  # type: ignore[attr-defined]
+
+    def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
+                   labels: str | Sequence[str] | None = None, since: str | None = None) -> Watch:
+        # What a catch-up needs from etcd is read before the kind is locked.
+        self._local.then = self._prefetch(namespace, type, since)
+        try:
+            return super().watch_kind(namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+        finally:
+            self._local.then = None
+
+    def _complete_from(self, coll: Collection) -> tuple[int, int]:
+        """(revision, seq) from which the kind's history is complete (under its lock)."""
+        base_seq, base_rev = coll.base_seq, coll.base_rev  # type: ignore[attr-defined]
+        first = next((r for r in coll.history.records if r.seq > base_seq), None)
+        if first is not None and first.seq > base_seq + 1:  # the oldest fell out of the history
+            return first.rev - 1, first.seq - 1
+        return base_rev, base_seq
+
+    def _prefetch(self, namespace: str, type: str, since: Any) -> tuple[int, Any] | None:
+        parsed = parse_bookmark(since) if since is not None else None
+        if parsed is None or parsed[0] != self.epoch or parsed[1] <= 0:
+            return None
+        coll = self._collection(namespace, type)
+        with coll.cond:
+            complete_from, _seq = self._complete_from(coll)
+        if parsed[1] >= complete_from:
+            return None
+        prefix = keys.kind_prefix(self._root, namespace, type)
+        try:
+            return parsed[1], self._range(prefix, keys.range_end(prefix), parsed[1])[1]
+        except CompactedError:
+            return parsed[1], f"bookmark revision {parsed[1]} was compacted away by etcd; resync"
+        except UnavailableError as exc:
+            return parsed[1], f"cannot catch up from revision {parsed[1]}: {exc}; resync"
+
+    def _resume_cursor(self, since: Any, coll: Collection,
+                       current: int) -> tuple[int, str | None, list[Record]]:
+        parsed = parse_bookmark(since)
+        if parsed is None:
+            raise InvalidRequestError(f"since: {since!r} is not a bookmark")
+        epoch, rev = parsed
+        if epoch != self.epoch:
+            return current, "bookmark is from another etcd cluster; resync", []
+        if rev > max(self._applied, coll.last_rev, coll.base_rev) or rev <= 0:  # type: ignore[attr-defined]
+            return current, f"bookmark {since} is not within this host's view; resync", []
+        complete_from, cursor = self._complete_from(coll)
+        if rev < complete_from:
+            return self._catch_up(coll, rev, current)
+        for record in coll.history.records:
+            if record.seq <= cursor:
+                continue
+            if record.rev > rev:
+                break
+            cursor = record.seq
+        return cursor, None, []
+
+    def _catch_up(self, coll: Collection, rev: int, current: int) -> tuple[int, str | None, list[Record]]:
+        """A bookmark older than this mirror's history (say, from before a
+        restart): what changed since, from etcd's own history at ``rev``.
+
+        One event per resource that differs: destroyed ones first
+        (bookmarked at ``rev``: their revision is not known), then the
+        others by revision, so that resuming from any of their bookmarks
+        misses nothing."""
+        then = getattr(self._local, "then", None)
+        if then is None or then[0] != rev:
+            return current, f"bookmark revision {rev} is older than this host's history; resync", []
+        if isinstance(then[1], str):
+            return current, then[1], []
+        old = {names[2]: kv for kv in then[1] if (names := keys.parse(self._root, kv.key)) is not None}
+        gone, changed = [], []
+        for rid in sorted(old.keys() - coll.items.keys()):
+            gone.append(Record(0, DESTROYED, rid, old[rid].value, None, rev))
+        for rid, blob in coll.items.items():
+            now_rev = self._revs.get((coll.namespace, coll.type, rid), 0)
+            was = old.get(rid)
+            if was is None:
+                changed.append(Record(0, CREATED, rid, blob, None, now_rev))
+            elif was.mod_revision != now_rev:
+                changed.append(Record(0, UPDATED, rid, blob, was.value, now_rev))
+        changed.sort(key=lambda r: r.rev)
+        return current, None, gone + changed
