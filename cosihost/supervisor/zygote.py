@@ -119,12 +119,15 @@ class Zygote:
         """The zygote died: its children died with it (PDEATHSIG)."""
         if self.children:
             log.error("the zygote died; %d controller process(es) went with it", len(self.children))
-        for proc in self.children.values():
-            proc.returncode = -signal.SIGKILL
-        self.children.clear()
         self.close()
 
     def close(self) -> None:
+        """Stop the zygote; its children die with it (PDEATHSIG), and are
+        told so, however the zygote ended."""
+        for proc in self.children.values():
+            if proc.returncode is None:
+                proc.returncode = -signal.SIGKILL
+        self.children.clear()
         if self.sock.fileno() >= 0:
             self.sock.close()
         if self.proc.poll() is None:
