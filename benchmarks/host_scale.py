@@ -97,7 +97,7 @@ def _snapshot_request(sup: SupervisorProcess) -> str:
         req = client.requester(timeout=10, retries=0)
         start = time.perf_counter()
         try:
-            items = len(fetch_snapshot(req, NS, BIG)[2])
+            items = len(fetch_snapshot(req, NS, BIG).items)
         except CosiError as exc:
             return f"the bare snapshot request fails too ({exc})"
         return f"the bare snapshot request takes {time.perf_counter() - start:.3f} s for {items:,} items"

@@ -159,46 +159,77 @@ class RemoteWatch(EventStream):
             self.close()
             raise
 
-    def _mark(self, seq: int) -> str:
-        return make_bookmark(self._epoch, seq)
+    def _mark(self, record: Record) -> str:
+        """A record's bookmark: its backend's revision where the kind has
+        one (etcd: it outlives the supervisor), else the supervisor's seq."""
+        if self._rev_epoch is not None and record.rev:
+            return make_bookmark(self._rev_epoch, record.rev)
+        return make_bookmark(self._epoch, record.seq)
 
     def _start(self, *, bootstrap: bool, since: str | None) -> None:
         if self._id is not None or bootstrap:
-            self._epoch, self._cursor, pairs = fetch_snapshot(self._req, self._ns, self._type, id=self._id)
-            items = [unpack(blob) for _id, blob in pairs]
+            snap = fetch_snapshot(self._req, self._ns, self._type, id=self._id)
+            self._epoch, self._cursor, mark = snap.epoch, snap.seq, snap.mark
+            items = [unpack(blob) for _id, blob in snap.items]
         else:
             head = self._req.call("since", namespace=self._ns, type=self._type, seq=-1)
-            self._epoch, self._cursor, items = head["epoch"], head["seq"], []
+            self._epoch, self._cursor, mark, items = head["epoch"], head["seq"], head.get("mark"), []
+        mark = mark or make_bookmark(self._epoch, self._cursor)
+        marked = parse_bookmark(mark)
+        self._rev_epoch = marked[0] if marked is not None and marked[0] != self._epoch else None
         if self._id is not None:
             self._translate = self._one_translator()
             first = items[0] if items else Resource(self._ns, self._type, self._id)
-            self._pending.append(Event(CREATED if items else DESTROYED, first, bookmark=self._mark(self._cursor)))
+            self._pending.append(Event(CREATED if items else DESTROYED, first, bookmark=mark))
             return
-        self._translate = kind_translator(self._query, lambda record: self._mark(record.seq))
+        self._translate = kind_translator(self._query, self._mark)
         if since is not None:
             self._resume(since)
         for res in items:
             if self._query.matches(res.metadata.labels):
                 self._pending.append(Event(CREATED, res))
         if bootstrap:
-            self._pending.append(Event(BOOTSTRAPPED, bookmark=self._mark(self._cursor)))
+            self._pending.append(Event(BOOTSTRAPPED, bookmark=mark))
 
     def _resume(self, since: str) -> None:
         parsed = parse_bookmark(since)
         if parsed is None:
             raise InvalidRequestError(f"since: {since!r} is not a bookmark")
         epoch, seq = parsed
+        if self._rev_epoch is not None and epoch == self._rev_epoch:
+            self._resume_backend(since)
+            return
         if epoch != self._epoch or not 0 <= seq <= self._cursor:
             self._fail("bookmark is from another epoch of the state, or ahead of it; resync")
             return
         self._cursor = seq
         self._catch_up(None)
 
+    def _resume_backend(self, since: str) -> None:
+        """Resume from a bookmark of the kind's backend: what changed after
+        it, up to now, then the live stream."""
+        reply = self._req.call("resume", namespace=self._ns, type=self._type, bookmark=since)
+        if reply["epoch"] != self._epoch:
+            self._fail("the supervisor restarted; resync with a new watch")
+            return
+        if reply["error"]:
+            self._fail(reply["error"])
+            return
+        for seq, kind, rid, blob, old, rev in reply["records"]:
+            record = Record(seq, kind, rid, blob, old, rev)
+            if seq == 0:  # replayed from the backend's own history
+                self._pending.extend(self._translate(record))
+            elif seq > self._cursor:
+                self._apply(record)
+            else:
+                self._pending.extend(self._translate(record))
+        self._cursor = max(self._cursor, reply["seq"])
+
     def _one_translator(self) -> Callable[[Record], list[Event]]:
         def translate(record: Record) -> list[Event]:
             if record.id != self._id:
                 return []
-            return [Event(record.kind, unpack(record.blob), decode(record.old), self._mark(record.seq))]
+            return [Event(record.kind, unpack(record.blob), decode(record.old), self._mark(record))]
         return translate
 
     def _fail(self, why: str) -> None:
@@ -219,9 +250,9 @@ class RemoteWatch(EventStream):
         if reply["epoch"] != self._epoch:
             self._fail("the supervisor restarted; resync with a new watch")
             return
-        for seq, kind, rid, blob, old in reply["records"]:
+        for seq, kind, rid, blob, old, *rev in reply["records"]:
             if upto is None or seq <= upto:
-                self._apply(Record(seq, kind, rid, blob, old))
+                self._apply(Record(seq, kind, rid, blob, old, *rev))
 
     def _on_message(self, msg: wire.EventMessage) -> None:
         if msg.epoch != self._epoch:
@@ -233,7 +264,7 @@ class RemoteWatch(EventStream):
             self._catch_up(msg.seq - 1)
             if self._done or self._cursor != msg.seq - 1:
                 return
-        self._apply(Record(msg.seq, msg.kind, unpack(msg.blob).metadata.id, msg.blob, msg.old))
+        self._apply(Record(msg.seq, msg.kind, unpack(msg.blob).metadata.id, msg.blob, msg.old, msg.rev))
 
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout or once the watch has ended."""

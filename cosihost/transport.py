@@ -17,6 +17,7 @@ one it refuses never brings its probe back.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 import uuid
@@ -187,10 +188,19 @@ class Subscriber:
                 return None
 
 
+@dataclasses.dataclass
+class Snapshot:
+    """A kind's items at one sequence number, and the bookmark of it."""
+
+    epoch: str
+    seq: int
+    items: list[tuple[str, bytes]]
+    mark: str | None = None
+
+
 def fetch_snapshot(requester: Requester, namespace: str, type: str, *,
-                   id: str | None = None) -> tuple[str, int, list[tuple[str, bytes]]]:
-    """A kind's items at one sequence number, all pages of them:
-    ``(epoch, seq, [(id, blob), ...])``."""
+                   id: str | None = None) -> Snapshot:
+    """A kind's items at one sequence number, all pages of them."""
     args: dict[str, Any] = {"namespace": namespace, "type": type}
     if id is not None:
         args["id"] = id
@@ -201,4 +211,4 @@ def fetch_snapshot(requester: Requester, namespace: str, type: str, *,
         page = requester.call("snapshot_page", cursor=cursor)
         items.extend((rid, blob) for rid, blob in page["items"])
         cursor = page.get("next")
-    return reply["epoch"], reply["seq"], items
+    return Snapshot(reply["epoch"], reply["seq"], items, reply.get("mark"))

@@ -53,6 +53,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "snapshot": ("namespace", "type"),
     "snapshot_page": ("cursor",),
     "since": ("namespace", "type", "seq"),
+    "resume": ("namespace", "type", "bookmark"),
     "probe": ("topic", "nonce"),
     # controller life
     "register": ("name", "secret", "inputs", "outputs"),
@@ -105,6 +106,8 @@ class EventMessage:
     kind: str
     blob: bytes
     old: bytes | None = None
+    #: The backend's own position of the change (an etcd revision), or 0.
+    rev: int = 0
 
 
 @dataclasses.dataclass
@@ -193,7 +196,7 @@ def parse_topic(frame: bytes) -> tuple[str, str]:
 
 
 def encode_event(ev: EventMessage) -> bytes:
-    return _pack(["ev", ev.epoch, ev.seq, ev.kind, ev.blob, ev.old])
+    return _pack(["ev", ev.epoch, ev.seq, ev.kind, ev.blob, ev.old, ev.rev])
 
 
 def encode_probe(nonce: str) -> bytes:
@@ -202,7 +205,7 @@ def encode_probe(nonce: str) -> bytes:
 
 def decode_published(body: bytes) -> EventMessage | ProbeMessage:
     msg = _unpack(body)
-    if isinstance(msg, list) and len(msg) == 6 and msg[0] == "ev":
+    if isinstance(msg, list) and len(msg) in (6, 7) and msg[0] == "ev":
         return EventMessage(*msg[1:])
     if isinstance(msg, list) and len(msg) == 2 and msg[0] == "probe":
         return ProbeMessage(msg[1])

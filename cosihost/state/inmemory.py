@@ -147,8 +147,9 @@ class InMemoryState:
         """The bookmark that resumes a watch right after ``record``."""
         return make_bookmark(self.epoch, record.seq)
 
-    def _mark_cursor(self, coll: Collection, seq: int) -> str:
-        """The bookmark of a kind's position ``seq`` (taken under its lock)."""
+    def _mark_cursor(self, coll: Collection | None, seq: int) -> str:
+        """The bookmark of a kind's position ``seq`` (taken under its lock;
+        ``coll`` None: a kind never touched)."""
         return make_bookmark(self.epoch, seq)
 
     # -- reads -----------------------------------------------------------
@@ -193,12 +194,40 @@ class InMemoryState:
 
     def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
         """Like :meth:`snapshot`, with each item's id beside its blob."""
+        seq, items, _mark = self.snapshot_marked(namespace, type)
+        return seq, items
+
+    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
+        """Like :meth:`snapshot_items`, with the bookmark of that position."""
         _check_kind(namespace, type)
         coll = self._existing(namespace, type)
         if coll is None:
-            return 0, []
+            return 0, [], self._mark_cursor(None, 0)
         with coll.cond:
-            return coll.history.seq, [(k, coll.items[k]) for k in sorted(coll.items)]
+            seq = coll.history.seq
+            return seq, [(k, coll.items[k]) for k in sorted(coll.items)], self._mark_cursor(coll, seq)
+
+    def position(self, namespace: str, type: str) -> tuple[int, str]:
+        """The kind's sequence number and the bookmark of it, taken together."""
+        _check_kind(namespace, type)
+        coll = self._existing(namespace, type)
+        if coll is None:
+            return 0, self._mark_cursor(None, 0)
+        with coll.cond:
+            return coll.history.seq, self._mark_cursor(coll, coll.history.seq)
+
+    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, list[Record], str | None]:
+        """For a watcher elsewhere (over the wire): the kind's position now,
+        and the records after ``bookmark`` up to it (replayed ones, with
+        ``seq`` 0, first); or the position and why it cannot resume."""
+        _check_kind(namespace, type)
+        coll = self._collection(namespace, type)
+        with coll.cond:
+            current = coll.history.seq
+            cursor, error, missed = self._resume_cursor(bookmark, coll, current)
+            if error:
+                return current, [], error
+            return current, missed + (coll.history.since(cursor) or []), None
 
     def head(self, namespace: str, type: str) -> int:
         """The kind's latest sequence number (0 before any change)."""

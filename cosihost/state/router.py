@@ -98,6 +98,15 @@ class NamespaceRouter:
     def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
         return self.backend(namespace).snapshot_items(namespace, type)
 
+    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
+        return self.backend(namespace).snapshot_marked(namespace, type)
+
+    def position(self, namespace: str, type: str) -> tuple[int, str]:
+        return self.backend(namespace).position(namespace, type)
+
+    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, list[Record], str | None]:
+        return self.backend(namespace).resume(namespace, type, bookmark)
+
     def head(self, namespace: str, type: str) -> int:
         return self.backend(namespace).head(namespace, type)
 

@@ -317,11 +317,11 @@ class Api:
         first page now and the rest from ``snapshot_page`` with ``next``."""
         ns, typ = _kind(args)
         access.check_read(caller, ns, typ)
-        seq, items = self.state.snapshot_items(ns, typ)
+        seq, items, mark = self.state.snapshot_marked(ns, typ)
         only = args.get("id")
         if only is not None:
             items = [item for item in items if item[0] == only]
-        reply = {"epoch": self.state.epoch, "seq": seq}
+        reply = {"epoch": self.state.epoch, "seq": seq, "mark": mark}
         reply.update(self._snapshots.start(caller, items))
         return reply
 
@@ -337,14 +337,24 @@ class Api:
         seq = args["seq"]
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise InvalidRequestError("seq must be an integer")
-        head = self.state.head(ns, typ)
         if seq < 0:
-            return {"epoch": self.state.epoch, "seq": head, "records": []}
+            head, mark = self.state.position(ns, typ)
+            return {"epoch": self.state.epoch, "seq": head, "mark": mark, "records": []}
+        head = self.state.head(ns, typ)
         records = self.state.records_since(ns, typ, seq)
         if records is None:
             raise OverrunError(f"events of {ns}/{typ} after {seq} are no longer in history")
         return {"epoch": self.state.epoch, "seq": head,
-                "records": [[r.seq, r.kind, r.id, r.blob, r.old] for r in records]}
+                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.rev] for r in records]}
+
+    def op_resume(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+        """The records after a bookmark of the kind's own backend (an etcd
+        revision outlives this supervisor), replayed ones (seq 0) first."""
+        ns, typ = _kind(args)
+        access.check_read(caller, ns, typ)
+        seq, records, error = self.state.resume(ns, typ, args["bookmark"])
+        return {"epoch": self.state.epoch, "seq": seq, "error": error,
+                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.rev] for r in records]}
 
     def op_probe(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
         topic, nonce = args["topic"], args["nonce"]

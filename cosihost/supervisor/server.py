@@ -200,7 +200,7 @@ class Supervisor:
         self._publish(namespace, type, record)
 
     def _publish(self, namespace: str, type: str, record: Record) -> None:
-        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old)
+        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.rev)
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
@@ -428,6 +428,10 @@ class Supervisor:
         next_house = 0.0
         while True:
             zygote = self.supervision.zygote
+            if zygote is not None and zygote_fd >= 0 and not zygote.alive() and zygote.fileno() >= 0:
+                zygote.pump()  # died between two looks: read its last words and its end
+                self.supervision.reap()
+                next_house = 0.0
             fd = zygote.fileno() if zygote is not None and zygote.alive() else -1
             if fd != zygote_fd:
                 if zygote_fd >= 0:

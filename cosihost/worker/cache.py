@@ -82,8 +82,8 @@ class Cache:
             self._sub.unsubscribe(namespace, type)
 
     def _snapshot(self, namespace: str, type: str) -> KindCache:
-        self.epoch, seq, pairs = fetch_snapshot(self._req, namespace, type)
-        items = dict(pairs)
+        snap = fetch_snapshot(self._req, namespace, type)
+        self.epoch, seq, items = snap.epoch, snap.seq, dict(snap.items)
         kc = self.kinds.get((namespace, type))
         if kc is None:
             kc = self.kinds[(namespace, type)] = KindCache(seq, items)
@@ -137,7 +137,7 @@ class Cache:
         if reply["epoch"] != self.epoch:
             self.resync_all("supervisor epoch changed")
             return False
-        for seq, kind, _rid, blob, _old in reply["records"]:
+        for seq, kind, _rid, blob, _old, *_rev in reply["records"]:
             if kc.seq < seq <= upto:
                 self._apply_one(namespace, type, kc, seq, kind, blob)
         return kc.seq == upto

@@ -185,3 +185,32 @@ def test_two_hosts_racing_on_one_resource_never_both_win(etcd_fleet, supervisor_
                  message="the counter to reach 50 on host A")
         assert cb.get("fleet", "Counter", "c").spec["n"] == 50
         assert ca.get("fleet", "Counter", "c").metadata.version == 51
+
+
+def test_a_clients_bookmark_outlives_the_supervisor(etcd_fleet, supervisor_factory, prefix):
+    """Over the wire too, a bookmark of an etcd namespace is an etcd revision:
+    a client resumes from it after its supervisor restarted (a new epoch)."""
+    config = etcd_fleet.namespace_config(prefix)
+    a = supervisor_factory(config=config)
+    b = supervisor_factory(config=config)
+    with a.client(admin=True) as ca, a.client() as reader:
+        ca.create(Resource("fleet", "Notes", "one", {"v": 1}))
+        with reader.watch_kind("fleet", "Notes", bootstrap=True) as watch:
+            assert [watch.next(timeout=5).kind for _ in range(2)] == ["created", "bootstrapped"]
+            ca.modify("fleet", "Notes", "one", lambda s: s.update(v=2))
+            bookmark = watch.next(timeout=5).bookmark
+    epoch = a.ping()["epoch"]
+    assert a.stop() == 0
+    with b.client(admin=True) as cb:
+        cb.modify("fleet", "Notes", "one", lambda s: s.update(v=3))
+        cb.create(Resource("fleet", "Notes", "two", {"v": 1}))
+        a.start()
+        assert a.ping()["epoch"] != epoch
+        with a.client() as reader, reader.watch_kind("fleet", "Notes", since=bookmark) as watch:
+            got = [watch.next(timeout=5) for _ in range(2)]
+            assert [(e.kind, e.resource.metadata.id, e.resource.spec) for e in got] == [
+                ("updated", "one", {"v": 3}), ("created", "two", {"v": 1})]
+            cb.create(Resource("fleet", "Notes", "three", {}))
+            live = watch.next(timeout=5)
+            assert (live.kind, live.resource.metadata.id) == ("created", "three")
+            assert live.bookmark.startswith(bookmark.rpartition(":")[0] + ":")  # an etcd revision too

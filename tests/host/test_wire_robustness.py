@@ -477,6 +477,7 @@ BASE: dict[str, dict[str, Any]] = {
     "snapshot": {**KIND, "id": "r"},
     "snapshot_page": {"cursor": "0123456789abcdef"},
     "since": {**KIND, "seq": 0},
+    "resume": {**KIND, "bookmark": "e:0"},
     "probe": {"topic": wire.topic("fuzz", FUZZ), "nonce": "n"},
     "register": {"name": "nobody", "secret": "s", "inputs": [], "outputs": []},
     "update_inputs": {"inputs": [["fuzz", FUZZ, "weak", None]]},

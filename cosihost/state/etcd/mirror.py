@@ -287,7 +287,9 @@ class Mirror(InMemoryState):
     def _mark_record(self, record: Record) -> str:
         return make_bookmark(self.epoch, record.rev)
 
-    def _mark_cursor(self, coll: Collection, seq: int) -> str:
+    def _mark_cursor(self, coll: Collection | None, seq: int) -> str:
+        if coll is None:
+            return make_bookmark(self.epoch, self._start)
         return make_bookmark(self.epoch, max(coll.last_rev, coll.base_rev))  # type: ignore[attr-defined]
 
     def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
@@ -296,6 +298,13 @@ class Mirror(InMemoryState):
         self._local.then = self._prefetch(namespace, type, since)
         try:
             return super().watch_kind(namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+        finally:
+            self._local.then = None
+
+    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, list[Record], str | None]:
+        self._local.then = self._prefetch(namespace, type, bookmark)
+        try:
+            return super().resume(namespace, type, bookmark)
         finally:
             self._local.then = None
 
