@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..errors import UnavailableError
 from ..resource import Resource
 from .events import Record
 from .inmemory import InMemoryState
@@ -29,6 +30,14 @@ class NamespaceRouter:
         return self.local.epoch
 
     def backend(self, namespace: Any) -> InMemoryState:
+        """The namespace's backend; UnavailableError while it cannot serve yet."""
+        found = self._find(namespace)
+        why = getattr(found, "not_ready", None)
+        if why is not None:
+            raise UnavailableError(f"namespace {namespace!r} is kept in etcd, not reached yet: {why}")
+        return found
+
+    def _find(self, namespace: Any) -> InMemoryState:
         if not isinstance(namespace, str) or not self._remote:
             return self.local
         found = self._remote.get(namespace)
@@ -39,7 +48,7 @@ class NamespaceRouter:
 
     def remote(self, namespace: Any) -> bool:
         """Is the namespace kept elsewhere (its writes wait on the network)?"""
-        return self.backend(namespace) is not self.local
+        return self._find(namespace) is not self.local
 
     def backends(self) -> list[InMemoryState]:
         unique: list[InMemoryState] = []
@@ -108,7 +117,8 @@ class NamespaceRouter:
         return self.backend(namespace).resume(namespace, type, bookmark)
 
     def head(self, namespace: str, type: str) -> int:
-        return self.backend(namespace).head(namespace, type)
+        found = self._find(namespace)  # heartbeats ask for it: no error, just nothing yet
+        return 0 if getattr(found, "not_ready", None) is not None else found.head(namespace, type)
 
     def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
         return self.backend(namespace).records_since(namespace, type, seq)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import wire
-from ..errors import AccessDeniedError, InvalidRequestError, UnavailableError
+from ..errors import AccessDeniedError, InvalidRequestError
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
 from ..settings import Settings
@@ -144,15 +144,14 @@ class Supervisor:
                                       "it cannot be kept in etcd")
         out: dict[str, Any] = {}
         for config, names in group_by_config(self.settings.etcd_namespaces):
-            try:
-                st = EtcdState(config, namespaces=names, history=self.settings.history,
-                               on_event=self.remote.on_event)
-            except UnavailableError as exc:
-                raise UnavailableError(f"etcd namespaces {', '.join(sorted(names))}: {exc}") from None
+            # A device may boot before its network: etcd namespaces then answer
+            # "not reached yet" while everything else runs, until etcd is up.
+            st = EtcdState(config, namespaces=names, history=self.settings.history,
+                           on_event=self.remote.on_event, wait=False)
             self._etcd.append(st)
             out.update(dict.fromkeys(names, st))
-            log.info("namespaces %s kept in etcd at %s (revision %d)", ", ".join(sorted(names)),
-                     ", ".join(config.endpoints), st.applied)
+            log.info("namespaces %s kept in etcd at %s (%s)", ", ".join(sorted(names)),
+                     ", ".join(config.endpoints), f"revision {st.applied}" if st.ready else st.not_ready)
         return out
 
     def _bind(self) -> None:

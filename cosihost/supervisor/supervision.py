@@ -320,7 +320,10 @@ class Supervision:
         counters = args.get("counters")
         if isinstance(counters, dict):
             slot.counters = {k: v for k, v in counters.items() if isinstance(k, str) and isinstance(v, int)}
-        attempts = slot.counters.get("reconciles", 0) + slot.counters.get("crashes", 0)
+        # Waiting for an input that cannot be served yet (etcd not reached)
+        # counts: the controller is up and does what it can.
+        attempts = (slot.counters.get("reconciles", 0) + slot.counters.get("crashes", 0)
+                    + slot.counters.get("waiting", 0))
         if attempts and not slot.attempted:
             slot.attempted = True
             slot.state = RUNNING
@@ -368,6 +371,9 @@ class Supervision:
         failing = sum(1 for s in self.slots.values() if s.state == RUNNING and s.counters.get("failures"))
         if failing:
             text += f" ({failing} failing to reconcile)"
+        waiting = sum(1 for s in self.slots.values() if s.state == RUNNING and s.counters.get("waiting"))
+        if waiting:
+            text += f" ({waiting} waiting for inputs)"
         for state in (STARTING, BACKOFF, CRASH_LOOP, REFUSED):
             if states.count(state):
                 text += f", {states.count(state)} {state}"

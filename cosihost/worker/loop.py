@@ -46,6 +46,8 @@ class WorkerLoop:
         self.settings = settings
         self.reported = -1
         self.suspects: set[Kind] = set()
+        #: Input kinds not synced yet: no reconcile until they are.
+        self.unsynced: set[Kind] = set()
 
     def run(self) -> None:
         ctx = zmq.Context()
@@ -70,27 +72,48 @@ class WorkerLoop:
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
         self.sched = Scheduler(self.controller, self.rt, backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
-        for i in self.rt.inputs:
-            self.cache.ensure(i.namespace, i.type)
-        log.info("registered; %d input kind(s) synced", len(self.rt.inputs))
+        kinds = list(dict.fromkeys((i.namespace, i.type) for i in self.rt.inputs))
+        for kind in kinds:
+            self._sync(kind)
+        log.info("registered; %d input kind(s) synced", len(kinds) - len(self.unsynced))
         next_beat = 0.0
         while True:
             now = time.monotonic()
-            if self.sched.due(now):
+            if self.sched.due(now) and not self.unsynced:
                 self.sched.reconcile_once()
                 now = time.monotonic()
             if now >= next_beat or (self.reported <= 0 < self.sched.attempts()):
+                for kind in sorted(self.unsynced):
+                    self._sync(kind)
                 self._heartbeat(req)
                 next_beat = time.monotonic() + s.heartbeat
-            item = sub.recv(max(0.0, min(next_beat, self.sched.wake_at()) - time.monotonic()))
+            wake = next_beat if self.unsynced else min(next_beat, self.sched.wake_at())
+            item = sub.recv(max(0.0, wake - time.monotonic()))
             while item is not None:
                 self.cache.apply(*item)
                 item = sub.recv(0)
 
+    def _sync(self, kind: Kind) -> None:
+        """Sync an input kind; one that cannot be served yet (its etcd not
+        reached, say) is tried again at each heartbeat, and the controller
+        waits for it before reconciling."""
+        try:
+            self.cache.ensure(*kind)
+        except UnavailableError as exc:
+            if kind not in self.unsynced:
+                log.warning("input %s/%s cannot be synced yet (%s); trying again at each heartbeat",
+                            *kind, exc)
+            self.unsynced.add(kind)
+            return
+        if kind in self.unsynced:
+            self.unsynced.discard(kind)
+            log.info("input %s/%s synced", *kind)
+            self.sched.dirty = True
+
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
         counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent,
-                        failures=self.sched.failures)
+                        failures=self.sched.failures, waiting=len(self.unsynced))
         try:
             reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
         except UnavailableError as exc:  # the supervisor is slow or paused: try at the next beat

@@ -10,7 +10,7 @@ import pytest
 
 from cosihost import Resource, UnavailableError
 from cosihost.testing import wait_for
-from cosihost.testing.conformance import INT_TO_STR, STR, int_resource, wait_values
+from cosihost.testing.conformance import INT_TO_STR, SENTENCE, STR, STR_TO_SENTENCE, int_resource, wait_values
 from cosihost.state.etcd import EtcdConfig, EtcdState
 
 
@@ -183,3 +183,33 @@ def test_a_compacted_bookmark_ends_the_watch_with_a_resync_error(etcd_fleet):
             assert event.kind == "error" and "compacted" in event.error
     finally:
         st.close()
+
+
+def test_a_host_that_boots_before_etcd_runs_and_catches_up(etcd_cluster, supervisor_factory, prefix):
+    """A device may boot before its network: the host runs its local
+    namespaces and controllers, the etcd namespace answers "not reached
+    yet", and once etcd is up everything converges."""
+    seed = EtcdState(EtcdConfig(endpoints=tuple(etcd_cluster.endpoints), prefix=prefix))
+    try:
+        seed.create(Resource("fleet", STR, "one", {"value": "1"}))
+    finally:
+        seed.close()
+    etcd_cluster.stop()
+    sup = supervisor_factory(config=etcd_cluster.namespace_config(prefix, timeout=1),
+                             controllers={"strtosentence": STR_TO_SENTENCE.format(src="fleet", dst="default")})
+    with sup.client(admin=True, timeout=10) as c:
+        c.create(Resource("default", "Local", "x", {}))  # the host serves what it can
+        assert c.get("default", "Local", "x").spec == {}
+        with pytest.raises(UnavailableError, match="namespace 'fleet' is kept in etcd, not reached yet"):
+            c.get("fleet", STR, "one")
+        with pytest.raises(UnavailableError, match="not reached yet"):
+            c.create(Resource("fleet", STR, "two", {"value": "2"}))
+        # The controller is up, waiting for its input, and the host is ready.
+        sup.wait_status("StrToSentenceController", lambda st: st["counters"].get("waiting") == 1)
+        assert "1 waiting for inputs" in sup.ping()["summary"]
+        for member in etcd_cluster.members:
+            member.start()
+        etcd_cluster.wait_healthy()
+        wait_values(c, "default", SENTENCE, {"one": "1 sentence"}, timeout=30)
+        c.create(Resource("fleet", STR, "two", {"value": "2"}), owner="IntToStrController")
+        wait_values(c, "default", SENTENCE, {"one": "1 sentence", "two": "2 sentence"}, timeout=15)

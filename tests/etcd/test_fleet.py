@@ -59,17 +59,6 @@ def test_bad_etcd_config_is_one_clear_line(tmp_path, table, expected):
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unreachable_etcd_fails_the_start_with_the_namespace_named(tmp_path):
-    result = run_with_config(tmp_path, """
-        [namespaces.fleet]
-        backend = "etcd"
-        endpoints = ["127.0.0.1:9"]
-        timeout = 0.5
-        """)
-    assert result.returncode == 1
-    assert "etcd namespaces fleet:" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_the_runtime_namespace_cannot_be_put_in_etcd(tmp_path):
     result = run_with_config(tmp_path, """
         [namespaces."run*"]

@@ -49,7 +49,10 @@ class Mirror(InMemoryState):
 
     def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
                  history: int = DEFAULT_HISTORY, on_event: EventHook | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, wait: bool = True) -> None:
+        """Read the prefix, then follow it. With ``wait`` False an etcd that
+        cannot be reached now is not an error: the mirror keeps trying in
+        the background and is :attr:`ready` once it has read the prefix."""
         super().__init__(history=history, on_event=on_event, clock=clock)
         self.config = config
         self._namespaces = None if namespaces is None else frozenset(namespaces)
@@ -67,20 +70,38 @@ class Mirror(InMemoryState):
         self._local = threading.local()
         self._stop = threading.Event()
         self._cancel_watch: Callable[[], None] = lambda: None
+        self.epoch = "etcd-unknown"
+        #: Why the prefix has not been read yet; None once it has.
+        self.not_ready: str | None = "not connected yet"
         try:
-            header = self._resync(initial=True)
-        except CompactedError as exc:  # compacted while paging: one more try
-            try:
-                header = self._resync(initial=True)
-            except BaseException:
+            self._connect()
+        except UnavailableError as exc:
+            if wait:
                 self._conn.close()
-                raise UnavailableError(f"etcd: cannot read a consistent snapshot: {exc}") from None
+                raise
+            self.not_ready = str(exc)
+            log.warning("%s; retrying in the background", exc)
         except BaseException:
             self._conn.close()
             raise
-        self.epoch = f"etcd-{header.cluster_id:x}"
         self._watcher = threading.Thread(target=self._watch_loop, name="cosihost-etcd-watch", daemon=True)
         self._watcher.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready is None
+
+    def _connect(self) -> None:
+        """The first read of the prefix (again once, if compacted while paging)."""
+        try:
+            header = self._resync(initial=True)
+        except CompactedError as exc:
+            try:
+                header = self._resync(initial=True)
+            except CompactedError:
+                raise UnavailableError(f"etcd: cannot read a consistent snapshot: {exc}") from None
+        self.epoch = f"etcd-{header.cluster_id:x}"
+        self.not_ready = None
 
     def close(self) -> None:
         self._stop.set()
@@ -238,6 +259,14 @@ class Mirror(InMemoryState):
     # -- the watch -----------------------------------------------------------------
     def _watch_loop(self) -> None:
         """Follow etcd until closed, whatever happens on the way."""
+        pause = 0.5
+        while not self.ready and not self._stop.wait(pause):
+            try:
+                self._connect()
+                log.info("etcd at %s connected (revision %d)", self._conn.endpoint(), self._applied)
+            except Exception as exc:
+                self.not_ready = str(exc)
+                pause = min(pause * 2, 5.0)
         failures = 0
         while not self._stop.is_set():
             try:
