@@ -106,7 +106,7 @@ class EventMessage:
     kind: str
     blob: bytes
     old: bytes | None = None
-    #: The backend's own position of the change (an etcd revision), or 0.
+    #: The backend's bookmark position of the change (an etcd revision), or 0.
     rev: int = 0
 
 

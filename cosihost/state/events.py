@@ -52,6 +52,15 @@ class Record:
     old: bytes | None
     #: The backend's own position of the change (an etcd revision), if any.
     rev: int = 0
+    #: More changes of this kind follow at the same ``rev`` (one etcd
+    #: revision can change several resources).
+    partial: bool = False
+
+    @property
+    def mark_rev(self) -> int:
+        """The revision to resume from to miss nothing after this record:
+        before its revision while that revision has more to come."""
+        return self.rev - 1 if self.partial else self.rev
 
 
 def make_bookmark(epoch: str, seq: int) -> str:
@@ -76,9 +85,10 @@ class History:
         self.seq = 0
         self.cond = cond
 
-    def append(self, kind: str, rid: str, blob: bytes, old: bytes | None, rev: int = 0) -> Record:
+    def append(self, kind: str, rid: str, blob: bytes, old: bytes | None, rev: int = 0,
+               partial: bool = False) -> Record:
         self.seq += 1
-        record = Record(self.seq, kind, rid, blob, old, rev)
+        record = Record(self.seq, kind, rid, blob, old, rev, partial)
         self.records.append(record)
         self.cond.notify_all()
         return record

@@ -345,7 +345,7 @@ class Api:
         if records is None:
             raise OverrunError(f"events of {ns}/{typ} after {seq} are no longer in history")
         return {"epoch": self.state.epoch, "seq": head,
-                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.rev] for r in records]}
+                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
 
     def op_resume(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         """The records after a bookmark of the kind's own backend (an etcd
@@ -354,7 +354,7 @@ class Api:
         access.check_read(caller, ns, typ)
         seq, records, error = self.state.resume(ns, typ, args["bookmark"])
         return {"epoch": self.state.epoch, "seq": seq, "error": error,
-                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.rev] for r in records]}
+                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
 
     def op_probe(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
         topic, nonce = args["topic"], args["nonce"]

@@ -199,7 +199,7 @@ class Supervisor:
         self._publish(namespace, type, record)
 
     def _publish(self, namespace: str, type: str, record: Record) -> None:
-        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.rev)
+        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.mark_rev)
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:

@@ -75,3 +75,30 @@ def test_a_watch_that_missed_compacted_history_resyncs(etcd_cluster, caplog):
     finally:
         st.close()
         other.close()
+
+
+def test_resuming_inside_a_multi_key_revision_misses_nothing(etcd_fleet, supervisor_factory):
+    """Three resources deleted in one revision: the bookmarks of the first two
+    resume before that revision (they come again), the last one's after it."""
+    prefix = f"/partial-{uuid.uuid4().hex[:8]}"
+    st = EtcdState(EtcdConfig(endpoints=tuple(etcd_fleet.endpoints), prefix=prefix))
+    sup = supervisor_factory(config=etcd_fleet.namespace_config(prefix, namespace="ns"))
+    try:
+        for rid in ("r0", "r1", "r2"):
+            st.create(Resource("ns", "T", rid, {}))
+        with st.watch_kind("ns", "T", bootstrap=True) as watch:
+            assert [watch.next(timeout=5).kind for _ in range(4)][-1] == "bootstrapped"
+            etcd_fleet.etcdctl("del", "--prefix", f"{prefix}/ns/T/")
+            gone = [watch.next(timeout=5) for _ in range(3)]
+        revs = [int(e.bookmark.rpartition(":")[2]) for e in gone]
+        assert revs[0] == revs[1] == revs[2] - 1
+        with sup.client() as client:
+            wait_for(lambda: not client.list("ns", "T"), timeout=10, message="the supervisor to see the deletes")
+            for watch_kind in (st.watch_kind, client.watch_kind):  # in process and over the wire
+                with watch_kind("ns", "T", since=gone[0].bookmark) as again:
+                    assert sorted(again.next(timeout=5).resource.metadata.id for _ in range(3)) == [
+                        "r0", "r1", "r2"]
+                with watch_kind("ns", "T", since=gone[2].bookmark) as after:
+                    assert after.next(timeout=0.3) is None
+    finally:
+        st.close()

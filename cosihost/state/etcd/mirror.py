@@ -20,6 +20,7 @@ computed from etcd's own history at that revision.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -42,6 +43,18 @@ PAGE = 1000
 #: Records kept to answer writers waiting for the watch to deliver theirs.
 RECENT = 4096
 Names = tuple[str, str, str]
+
+
+def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Names | None, bool]]:
+    """Each event, and whether a later one of the same kind shares its revision."""
+    out: list[tuple[Any, Names | None, bool]] = []
+    later: set[tuple[int, Any]] = set()
+    for ev, names in reversed(parsed):
+        key = (ev.kv.mod_revision, names[:2] if names else None)
+        out.append((ev, names, key in later))
+        later.add(key)
+    out.reverse()
+    return out
 
 
 class Mirror(InMemoryState):
@@ -127,8 +140,10 @@ class Mirror(InMemoryState):
         return coll
 
     # -- applying changes --------------------------------------------------------
-    def _apply(self, ns: str, typ: str, rid: str, blob: bytes | None, rev: int) -> Record | None:
-        """One change at ``rev`` into the mirror, as an event (under ``_applying``)."""
+    def _apply(self, ns: str, typ: str, rid: str, blob: bytes | None, rev: int, *,
+               partial: bool = False) -> Record | None:
+        """One change at ``rev`` into the mirror, as an event (under
+        ``_applying``); ``partial``: more of this kind follow at ``rev``."""
         if not self.owns(ns):
             return None
         coll = self._collection(ns, typ)
@@ -139,11 +154,12 @@ class Mirror(InMemoryState):
                     return None
                 del coll.items[rid]
                 self._revs.pop((ns, typ, rid), None)
-                record = coll.history.append(DESTROYED, rid, old, None, rev)
+                record = coll.history.append(DESTROYED, rid, old, None, rev, partial)
             else:
                 coll.items[rid] = blob
                 self._revs[(ns, typ, rid)] = rev
-                record = coll.history.append(UPDATED if old is not None else CREATED, rid, blob, old, rev)
+                record = coll.history.append(UPDATED if old is not None else CREATED, rid, blob, old, rev,
+                                             partial)
             coll.last_rev = rev  # type: ignore[attr-defined]
             if self._on_event is not None:
                 self._on_event(ns, typ, record)
@@ -154,15 +170,15 @@ class Mirror(InMemoryState):
 
     def _apply_events(self, events: Iterable[Any]) -> None:
         """One watch response: whole revisions (etcd never splits one), in order."""
+        parsed = [(ev, keys.parse(self._root, ev.kv.key)) for ev in events]
         with self._applying:
             floor = self._applied  # revisions up to here are in (our own writes, say)
-            for ev in events:
+            for ev, names, partial in _with_partial(parsed):
                 rev = ev.kv.mod_revision
                 if rev <= floor:
                     continue
-                names = keys.parse(self._root, ev.kv.key)
                 if names is not None:
-                    self._apply(*names, ev.kv.value if ev.type == PUT else None, rev)
+                    self._apply(*names, ev.kv.value if ev.type == PUT else None, rev, partial=partial)
                 self._applied = rev
             self._drain_pending()
             self._applying.notify_all()
@@ -239,8 +255,10 @@ class Mirror(InMemoryState):
                     self._load(names, kv)
                 elif self._revs.get(names) != kv.mod_revision:
                     self._apply(*names, kv.value, kv.mod_revision)
-            for names in [n for n in self._revs if n not in seen]:
-                self._apply(*names, None, header.revision)
+            gone = sorted(n for n in self._revs if n not in seen)
+            for i, names in enumerate(gone):  # all at one revision: partial but the last of a kind
+                partial = i + 1 < len(gone) and gone[i + 1][:2] == names[:2]
+                self._apply(*names, None, header.revision, partial=partial)
             self._applied = self._start = max(self._applied, header.revision)
             self._drain_pending()
             for coll in list(self._collections.values()):
@@ -314,7 +332,7 @@ class Mirror(InMemoryState):
 
     # -- bookmarks are revisions -------------------------------------------------
     def _mark_record(self, record: Record) -> str:
-        return make_bookmark(self.epoch, record.rev)
+        return make_bookmark(self.epoch, record.mark_rev)
 
     def _mark_cursor(self, coll: Collection | None, seq: int) -> str:
         if coll is None:
@@ -399,7 +417,7 @@ class Mirror(InMemoryState):
         old = {names[2]: kv for kv in then[1] if (names := keys.parse(self._root, kv.key)) is not None}
         gone, changed = [], []
         for rid in sorted(old.keys() - coll.items.keys()):
-            gone.append(Record(0, DESTROYED, rid, old[rid].value, None, rev))
+            gone.append(Record(0, DESTROYED, rid, old[rid].value, None, rev + 1, True))
         for rid, blob in coll.items.items():
             now_rev = self._revs.get((coll.namespace, coll.type, rid), 0)
             was = old.get(rid)
@@ -408,4 +426,6 @@ class Mirror(InMemoryState):
             elif was.mod_revision != now_rev:
                 changed.append(Record(0, UPDATED, rid, blob, was.value, now_rev))
         changed.sort(key=lambda r: r.rev)
+        changed = [dataclasses.replace(r, partial=True) if n + 1 < len(changed) and changed[n + 1].rev == r.rev
+                   else r for n, r in enumerate(changed)]
         return current, None, gone + changed
