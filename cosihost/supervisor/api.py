@@ -259,6 +259,13 @@ class Api:
             blob = None if res is None else record.blob if record is not None else pack(res)
             return {"resource": blob, "seq": record.seq if record is not None else 0, **extra}
 
+        return self._off_loop(namespace, later, work)
+
+    def _off_loop(self, namespace: str, later: Callable[[], Respond], work: Callable[[], Any]) -> Any:
+        """``work()`` now, or, where the namespace is kept elsewhere (it may
+        wait on the network), on the host's pool with the answer later."""
+        if not self.state.remote(namespace):
+            return work()
         self.host.offload(work, later())
         raise Deferred
 
@@ -347,14 +354,19 @@ class Api:
         return {"epoch": self.state.epoch, "seq": head,
                 "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
 
-    def op_resume(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
+    def op_resume(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         """The records after a bookmark of the kind's own backend (an etcd
-        revision outlives this supervisor), replayed ones (seq 0) first."""
+        revision outlives this supervisor), replayed ones (seq 0) first.
+        Catching up may read etcd: off the loop."""
         ns, typ = _kind(args)
         access.check_read(caller, ns, typ)
-        seq, records, error = self.state.resume(ns, typ, args["bookmark"])
-        return {"epoch": self.state.epoch, "seq": seq, "error": error,
-                "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
+
+        def work() -> dict[str, Any]:
+            seq, records, error = self.state.resume(ns, typ, args["bookmark"])
+            return {"epoch": self.state.epoch, "seq": seq, "error": error,
+                    "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
+
+        return self._off_loop(ns, later, work)
 
     def op_probe(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
         topic, nonce = args["topic"], args["nonce"]

@@ -1,4 +1,5 @@
-"""Writes to etcd namespaces, done off the supervisor's loop.
+"""Writes to etcd namespaces (and catch-ups from etcd's history), done off
+the supervisor's loop.
 
 A write to etcd takes a network round trip, and many while a quorum is
 lost: done in the loop, it would hold up every other controller (and their
