@@ -1,14 +1,15 @@
-"""A real 3-member etcd cluster on loopback (used by the etcd_cluster fixture).
+"""Real etcd clusters on loopback, for tests of etcd-backed namespaces.
 
-The ``etcd_cluster`` fixture starts three ``etcd`` processes on 127.0.0.1
-with free client and peer ports, data dirs in the test's tmp dir, and waits
-(polling each member's ``/health``, with a deadline) until every member
-reports healthy.  On teardown every member process is killed and waited for,
-and the data dirs are removed.  Tests are skipped, with the reason, when the
+:class:`EtcdCluster` starts ``size`` (3 by default) ``etcd`` processes on
+127.0.0.1 with free client and peer ports and data dirs under a folder you
+give, and waits (polling each member's ``/health``, with a deadline) until
+every member reports healthy. Members can be stopped (SIGKILL: a crash) and
+started again; ``cleanup()`` kills every member, waits for it and removes
+the data dirs. :func:`require_etcd` skips a test, with the reason, when the
 ``etcd`` or ``etcdctl`` binary is missing (Debian: ``etcd-server`` and
-``etcd-client``; ``.ci/run`` installs them).
+``etcd-client``). The test suite's ``etcd_cluster`` and ``etcd_fleet``
+fixtures are built on it.
 """
-
 from __future__ import annotations
 
 import base64
