@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from . import wire
-from .errors import InvalidRequestError, OverrunError, UnavailableError
+from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
 from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
@@ -135,6 +135,9 @@ class RemoteWatch(EventStream):
     history; a hole it no longer covers, or a restarted supervisor, ends the
     watch with an ``error`` event, like an overrun in process."""
 
+    #: Seconds of silence after which the watch checks on the supervisor.
+    IDLE_CHECK = 5.0
+
     def __init__(self, client: Client, namespace: str, type: str, *, id: str | None = None,
                  bootstrap: bool = False, labels: Any = None, since: str | None = None) -> None:
         check_name("namespace", namespace)
@@ -149,6 +152,7 @@ class RemoteWatch(EventStream):
         self._topic = wire.topic(namespace, type)
         self._pending: collections.deque[Event] = collections.deque()
         self._done = False
+        self._heard = time.monotonic()
         self._req = client.requester()
         self._sub = Subscriber(client._ctx, endpoint(client.runtime_dir, wire.EVENTS_SOCKET),
                                token=client._token)
@@ -267,22 +271,46 @@ class RemoteWatch(EventStream):
         self._apply(Record(msg.seq, msg.kind, unpack(msg.blob).metadata.id, msg.blob, msg.old, msg.rev))
 
     def next(self, timeout: float | None = None) -> Event | None:
-        """The next event; None on timeout or once the watch has ended."""
+        """The next event; None on timeout or once the watch has ended.
+
+        After :attr:`IDLE_CHECK` seconds without a word from the supervisor,
+        the watch asks it for anything missed: a supervisor that went away
+        or restarted ends the watch with an ``error`` event instead of
+        leaving it waiting forever."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._pending:
             if self._done or self._closed:
                 return None
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            item = self._sub.recv(remaining)
-            if item is None:
+            now = time.monotonic()
+            if now - self._heard >= self.IDLE_CHECK:
+                self._check_alive()
+                continue
+            wait = self._heard + self.IDLE_CHECK - now
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            item = self._sub.recv(wait)
+            if item is not None:
+                self._heard = time.monotonic()
+                if item[0] == self._topic:
+                    self._on_message(item[1])
+            elif deadline is not None and time.monotonic() >= deadline:
                 return None
-            if item[0] == self._topic:
-                self._on_message(item[1])
         event = self._pending.popleft()
         if event.kind == ERROR:
             self._done = True
             self._pending.clear()
         return event
+
+    def _check_alive(self) -> None:
+        """Catch up from the supervisor's history, which also proves it is
+        there and still the same one; or end the watch saying why not."""
+        self._heard = time.monotonic()
+        try:
+            self._catch_up(None)
+        except UnavailableError as exc:
+            self._fail(f"the supervisor is not answering ({exc}); start a new watch once it is back")
+        except CosiError as exc:
+            self._fail(f"the supervisor refused to catch this watch up ({exc}); start a new watch")
 
     def close(self) -> None:
         self._closed = True

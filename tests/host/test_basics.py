@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import psutil
 
 from cosihost import Resource
@@ -53,3 +56,29 @@ def _spec(client, rid):
         return client.get("default", "Doubles.test.cosihost.dev", rid).spec
     except NotFoundError:
         return None
+
+
+def test_a_watch_ends_with_an_error_when_its_supervisor_goes_away(supervisor_factory):
+    """No watch waits forever on a supervisor that died: after a few silent
+    seconds it checks, and ends with an error event saying why."""
+    sup = supervisor_factory()
+    with sup.client(timeout=1, retries=0) as client:
+        with client.watch_kind("default", "Quiet", bootstrap=True) as watch:
+            assert watch.next(timeout=5).kind == "bootstrapped"
+            assert sup.proc is not None
+            os.kill(sup.proc.pid, signal.SIGKILL)
+            sup.proc.wait(timeout=10)
+            event = watch.next(timeout=watch.IDLE_CHECK + 10)
+            assert event is not None and event.kind == "error"
+            assert "the supervisor is not answering" in event.error
+            assert watch.next(timeout=0) is None
+
+
+def test_a_quiet_watch_keeps_going_and_catches_up(supervisor_factory):
+    sup = supervisor_factory()
+    with sup.client() as client, client.watch_kind("default", "Quiet", bootstrap=True) as watch:
+        assert watch.next(timeout=5).kind == "bootstrapped"
+        assert watch.next(timeout=watch.IDLE_CHECK + 1) is None  # silence is not an error
+        client.create(Resource("default", "Quiet", "a", {}))
+        event = watch.next(timeout=5)
+        assert event is not None and event.kind == "created"
