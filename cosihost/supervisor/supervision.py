@@ -10,6 +10,7 @@ reload requests once their work is done. Its view is published as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import subprocess
@@ -32,6 +33,15 @@ log = logging.getLogger("cosihost.supervisor")
 Respond = Callable[[Reply], None]
 
 
+
+@dataclasses.dataclass
+class Refusal:
+    """A controller declaration that was refused, and under which status id."""
+
+    result: ProbeResult
+    data: dict[str, Any]
+    status_id: str
+
 class Supervision:
     def __init__(self, settings: Settings, registry: Registry, status: StatusWriter,
                  limiter: Limiter) -> None:
@@ -43,7 +53,9 @@ class Supervision:
         self.slots: dict[str, Slot] = {}
         self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
         # "module.py:Class" -> (module, digest, id of its refused status)
-        self.refused: dict[str, tuple[Path, str, str]] = {}
+        #: source -> the refused declaration, kept to be admitted again once
+        #: what stood in its way is gone.
+        self.refused: dict[str, Refusal] = {}
         self.tokens: dict[str, str] = {}
         self.stopping = False
         self._next_refresh = 0.0
@@ -71,9 +83,24 @@ class Supervision:
                 self.status.module_cleared(result.module)
             for data in result.declarations:
                 self._admit(result, data, summary)
+        self._admit_refused(summary, probed={r.module for r in results})
         return summary
 
-    def _admit(self, result: ProbeResult, data: dict[str, Any], summary: dict[str, list[str]]) -> None:
+    def _admit_refused(self, summary: dict[str, list[str]], *, probed: set[Path]) -> None:
+        """Try again the refusals of modules that were not probed again: what
+        they conflicted with may have gone or changed since."""
+        for source, refusal in list(self.refused.items()):
+            if refusal.result.module in probed:
+                continue
+            del self.refused[source]
+            if refusal.status_id not in self.slots:
+                self.status.removed(refusal.status_id)
+            self._admit(refusal.result, refusal.data, summary, again=True)
+
+    def _admit(self, result: ProbeResult, data: dict[str, Any], summary: dict[str, list[str]], *,
+               again: bool = False) -> None:
+        """Start (or restart) a declared controller, or refuse it saying why;
+        ``again``: a refusal tried anew, which stays quiet if still refused."""
         source = f"{result.module.name}:{data.get('class')}"
         name = data.get("name") or source
         existing = self.slots.get(name)
@@ -86,12 +113,14 @@ class Supervision:
         if existing is not None and existing.module != result.module:
             why = why or f"controller name {name!r} is taken: {source} and {existing.module.name}:{existing.cls}"
         if why:
-            log.error("refused %s: %s", source, why)
+            if not again:
+                log.error("refused %s: %s", source, why)
             # The name's status belongs to the controller running under it, if any.
             status_id = name if existing is None else source
             self.status.refused(status_id, source, why)
-            self.refused[source] = (result.module, result.digest, status_id)
-            summary["refused"].append(name)
+            self.refused[source] = Refusal(result, data, status_id)
+            if not again:
+                summary["refused"].append(name)
             return
         assert decl is not None
         self.registry.accept(decl)
@@ -115,16 +144,16 @@ class Supervision:
 
     def _unrefuse(self, module: Path) -> None:
         """Forget the module's refusals (it changed or went): and their statuses."""
-        for source, (mod, _digest, status_id) in list(self.refused.items()):
-            if mod == module:
+        for source, refusal in list(self.refused.items()):
+            if refusal.result.module == module:
                 del self.refused[source]
-                if status_id not in self.slots:
-                    self.status.removed(status_id)
+                if refusal.status_id not in self.slots:
+                    self.status.removed(refusal.status_id)
 
     def known_digests(self) -> dict[Path, str]:
         """The digest of every module seen: running, refused or failed."""
         known = {s.module: s.digest for s in self.slots.values()}
-        known.update({m: d for m, d, _id in self.refused.values()})
+        known.update({r.result.module: r.result.digest for r in self.refused.values()})
         known.update({m: d for m, (d, _e) in self.module_errors.items()})
         return known
 
@@ -148,6 +177,8 @@ class Supervision:
     def _forget(self, slot: Slot) -> None:
         self.slots.pop(slot.name, None)
         self.status.removed(slot.name)
+        if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
+            self._admit_refused({"started": [], "restarted": [], "refused": [], "failed": []}, probed=set())
 
     # -- processes -------------------------------------------------------------
     def _start(self, slot: Slot) -> None:

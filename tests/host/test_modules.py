@@ -96,6 +96,15 @@ def test_bad_declarations_are_refused_naming_both_parties(supervisor_factory):
         summary = c.call("reload")
     assert summary == {"started": [], "restarted": [], "refused": [], "failed": []}
     assert "4 refused" in summary_line(sup)
+    # Once what stood in their way is gone, refused controllers start on reload.
+    (sup.controllers_dir / "a_first.py").unlink()
+    with sup.client() as c:
+        summary = c.call("reload")
+    assert summary["started"] == ["test.C"]  # at once; test.Same once a_first's process is gone
+    sup.wait_status("test.Same", lambda st: st["module"] == "b_same_name.py" and st["state"] == "running")
+    sup.wait_status("test.C", lambda st: st["state"] == "running")
+    assert "c_shared.py:C" not in sup.statuses()  # no refusal left behind under its source
+    assert "2 refused" in summary_line(sup)
 
 
 CREATOR = '''
