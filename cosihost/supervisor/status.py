@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import psutil
 
@@ -101,9 +101,19 @@ class StatusWriter:
         self._drop(STATUS_NAMESPACE, STATUS_TYPE, name)
 
     def definitions(self, decl: Declaration) -> None:
-        for spec in decl.definitions:
-            if isinstance(spec, dict) and isinstance(spec.get("type"), str):
-                self._put(DEFINITION_NAMESPACE, DEFINITION_TYPE, spec["type"], spec)
+        for type in _defined(decl):
+            spec = next(s for s in decl.definitions if isinstance(s, dict) and s.get("type") == type)
+            self._put(DEFINITION_NAMESPACE, DEFINITION_TYPE, type, spec)
+
+    def definitions_gone(self, decl: Declaration, remaining: Iterable[Declaration]) -> None:
+        """A controller went away: drop the definitions nobody else declares."""
+        still = {t for other in remaining for t in _defined(other)}
+        for type in _defined(decl) - still:
+            self._drop(DEFINITION_NAMESPACE, DEFINITION_TYPE, type)
+
+
+def _defined(decl: Declaration) -> set[str]:
+    return {s["type"] for s in decl.definitions if isinstance(s, dict) and isinstance(s.get("type"), str)}
 
 
 def usage(pid: int) -> dict[str, Any]:

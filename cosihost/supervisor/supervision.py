@@ -177,6 +177,8 @@ class Supervision:
     def _forget(self, slot: Slot) -> None:
         self.slots.pop(slot.name, None)
         self.status.removed(slot.name)
+        if slot.decl is not None:
+            self.status.definitions_gone(slot.decl, self.registry.all())
         if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
             self._admit_refused({"started": [], "restarted": [], "refused": [], "failed": []}, probed=set())
 

@@ -189,3 +189,29 @@ def test_update_inputs_follows_new_kinds_and_drops_old_ones(supervisor_factory):
         assert ["ns1", "Ints.test.cosihost.dev", "weak", None] not in inputs
         c.create(Resource("ns2", "Ints.test.cosihost.dev", "b", {"value": 2}))
         wait_for(lambda: out() == {"value": "52", "source": "ns2"}, message="a change in ns2 to wake it")
+
+
+DEFINER = '''
+from cosihost import Controller, Output, ResourceDefinition
+
+class Definer(Controller):
+    name = "test.Definer"
+    outputs = [Output("Gadgets.test.cosihost.dev")]
+    definitions = [ResourceDefinition("Gadgets.test.cosihost.dev", aliases=("gadget",))]
+
+    def reconcile(self, rt):
+        pass
+'''
+
+
+def test_a_removed_controllers_definitions_go_with_it(supervisor_factory):
+    sup = supervisor_factory(config=FAST, controllers={"definer": DEFINER})
+    with sup.client() as c:
+        defined = lambda: {r.metadata.id for r in c.list("meta", "ResourceDefinitions.meta.cosihost.dev")}
+        wait_for(lambda: "Gadgets.test.cosihost.dev" in defined(), message="the gadget definition")
+        own = defined() - {"Gadgets.test.cosihost.dev"}
+        assert own, "the supervisor defines its own types"
+        (sup.controllers_dir / "definer.py").unlink()
+        c.call("reload")
+        wait_for(lambda: "Gadgets.test.cosihost.dev" not in defined(), message="the definition to go")
+        assert defined() == own
