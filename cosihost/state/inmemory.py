@@ -192,13 +192,9 @@ class InMemoryState:
         with coll.cond:
             return coll.history.seq, [coll.items[k] for k in sorted(coll.items)]
 
-    def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
-        """Like :meth:`snapshot`, with each item's id beside its blob."""
-        seq, items, _mark = self.snapshot_marked(namespace, type)
-        return seq, items
-
     def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
-        """Like :meth:`snapshot_items`, with the bookmark of that position."""
+        """Like :meth:`snapshot`, with each item's id beside its blob, and
+        the bookmark of that position."""
         _check_kind(namespace, type)
         coll = self._existing(namespace, type)
         if coll is None:

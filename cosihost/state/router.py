@@ -50,17 +50,6 @@ class NamespaceRouter:
         """Is the namespace kept elsewhere (its writes wait on the network)?"""
         return self._find(namespace) is not self.local
 
-    def backends(self) -> list[InMemoryState]:
-        unique: list[InMemoryState] = []
-        for st in self._remote.values():
-            if all(st is not u for u in unique):
-                unique.append(st)
-        return unique
-
-    def close(self) -> None:
-        for st in self.backends():
-            st.close()  # type: ignore[attr-defined]
-
     # -- the state API -----------------------------------------------------------
     def get(self, namespace: str, type: str, id: str) -> Resource:
         return self.backend(namespace).get(namespace, type, id)
@@ -103,9 +92,6 @@ class NamespaceRouter:
     # -- what the supervisor serves controllers' caches from ---------------------
     def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
         return self.backend(namespace).snapshot(namespace, type)
-
-    def snapshot_items(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]]]:
-        return self.backend(namespace).snapshot_items(namespace, type)
 
     def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
         return self.backend(namespace).snapshot_marked(namespace, type)

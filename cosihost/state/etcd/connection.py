@@ -202,7 +202,3 @@ class Connection:
     def next_member(self) -> None:
         """The watch on the current member failed: use the next one."""
         self._rotate(self._current)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
