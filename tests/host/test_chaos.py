@@ -96,8 +96,8 @@ def _chaos(supervisor_factory, kills: int) -> None:
             pids[name] = -pid
             _drain(watch, ledger)
         c.create(Resource("chaos", STOP, "stop"))
-        for name in TARGETS:
-            _running_pid(c, name)
+        for name in TARGETS:  # back, in a process newer than the last one killed (so counted)
+            _running_pid(c, name, not_pid=-pids[name] if pids[name] < 0 else 0)
 
         def converged() -> bool:
             _drain(watch, ledger)
