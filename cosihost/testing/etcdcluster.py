@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
-import pytest
 
 ETCD = shutil.which("etcd")
 ETCDCTL = shutil.which("etcdctl")
@@ -292,6 +291,8 @@ def require_etcd() -> None:
     if ETCD is None or ETCDCTL is None:
         missing = [n for n, p in (("etcd", ETCD), ("etcdctl", ETCDCTL))
                    if p is None]
+        import pytest  # only tests skip; the benchmarks use the cluster without pytest
+
         pytest.skip(f"{' and '.join(missing)} not on PATH "
                     "(Debian packages etcd-server / etcd-client)")
 
