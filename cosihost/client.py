@@ -24,7 +24,7 @@ from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.modify import modify_spec
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
-                           kind_translator, make_bookmark, parse_bookmark)
+                           kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
 
 
@@ -196,10 +196,7 @@ class RemoteWatch(EventStream):
             self._pending.append(Event(BOOTSTRAPPED, bookmark=mark))
 
     def _resume(self, since: str) -> None:
-        parsed = parse_bookmark(since)
-        if parsed is None:
-            raise InvalidRequestError(f"since: {since!r} is not a bookmark")
-        epoch, seq = parsed
+        epoch, seq = since_bookmark(since)
         if self._rev_epoch is not None and epoch == self._rev_epoch:
             self._resume_backend(since)
             return

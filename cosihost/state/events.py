@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from ..errors import InvalidRequestError
 from ..resource import Resource, unpack
 from ..selectors import Query
 
@@ -75,6 +76,15 @@ def parse_bookmark(bookmark: Any) -> tuple[str, int] | None:
         return epoch, int(seq)
     except ValueError:
         return None
+
+
+def since_bookmark(since: Any) -> tuple[str, int]:
+    """A watch's ``since`` argument as (epoch, position); InvalidRequestError
+    when it is no bookmark at all."""
+    parsed = parse_bookmark(since)
+    if parsed is None:
+        raise InvalidRequestError(f"since: {since!r} is not a bookmark")
+    return parsed
 
 
 class History:

@@ -19,7 +19,7 @@ from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
                         check_strings, pack, unpack, validated_copy)
 from ..selectors import compile_id_regex, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
-                     Watch, decode, kind_translator, make_bookmark, parse_bookmark)
+                     Watch, decode, kind_translator, make_bookmark, since_bookmark)
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
@@ -371,10 +371,7 @@ class InMemoryState:
         """The kind's position a bookmark names, or the current one and why
         the watch cannot resume; and changes to replay before the history
         (none here). Called under the kind's lock."""
-        parsed = parse_bookmark(since)
-        if parsed is None:
-            raise InvalidRequestError(f"since: {since!r} is not a bookmark")
-        epoch, seq = parsed
+        epoch, seq = since_bookmark(since)
         if epoch != self.epoch:
             return current, "bookmark is from another epoch of the state; resync", []
         if seq > current or seq < 0:

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grpc
 
-from ...errors import InvalidRequestError, UnavailableError
-from ..events import CREATED, DESTROYED, UPDATED, Record, Watch, make_bookmark, parse_bookmark
+from ...errors import UnavailableError
+from ..events import CREATED, DESTROYED, UPDATED, Record, Watch, make_bookmark, parse_bookmark, since_bookmark
 from ..inmemory import DEFAULT_HISTORY, Collection, EventHook, InMemoryState
 from ..router import matches
 from . import keys
@@ -382,10 +382,7 @@ class Mirror(InMemoryState):
 
     def _resume_cursor(self, since: Any, coll: Collection,
                        current: int) -> tuple[int, str | None, list[Record]]:
-        parsed = parse_bookmark(since)
-        if parsed is None:
-            raise InvalidRequestError(f"since: {since!r} is not a bookmark")
-        epoch, rev = parsed
+        epoch, rev = since_bookmark(since)
         if epoch != self.epoch:
             return current, "bookmark is from another etcd cluster; resync", []
         if rev > max(self._applied, coll.last_rev, coll.base_rev) or rev <= 0:  # type: ignore[attr-defined]
