@@ -44,8 +44,16 @@ def default_config() -> Path | None:
 
 
 def bundled_controllers_dir() -> Path:
-    """The example controllers shipped beside the package (a source checkout)."""
-    return Path(__file__).resolve().parent.parent / "controllers"
+    """The bundled device controllers.
+
+    The checkout keeps them in ``controllers/`` beside the package (where the
+    design puts them and where a developer edits them); a wheel installs that
+    same folder as ``cosihost/bundled`` (see pyproject.toml), so an installed
+    host runs them from wherever it was installed.
+    """
+    here = Path(__file__).resolve().parent
+    shipped = here / "bundled"
+    return shipped if shipped.is_dir() else here.parent / "controllers"
 
 
 @dataclasses.dataclass
@@ -76,9 +84,13 @@ class Timing:
 
 @dataclasses.dataclass
 class Settings:
-    controllers_dir: Path
+    #: The drop-in folder: modules here run beside the bundled ones, and one
+    #: named like a bundled module replaces it (an empty file turns it off).
+    controllers_dir: Path | None
     runtime_dir: Path
     state_dir: Path
+    #: Run the bundled device controllers (``[controllers] bundled``).
+    bundled: bool = True
     persistent_namespaces: list[str] = dataclasses.field(default_factory=list)
     #: Namespaces kept in etcd, with how to reach it (an EtcdConfig each).
     etcd_namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -90,16 +102,29 @@ class Settings:
     def build(cls, *, controllers_dir: str | os.PathLike[str] | None = None,
               runtime_dir: str | os.PathLike[str] | None = None,
               state_dir: str | os.PathLike[str] | None = None,
-              config: str | os.PathLike[str] | None = None) -> "Settings":
+              config: str | os.PathLike[str] | None = None,
+              bundled: bool | None = None) -> "Settings":
+        """Flags win over the config file, which wins over the defaults."""
         settings = cls(
-            controllers_dir=Path(controllers_dir) if controllers_dir else bundled_controllers_dir(),
+            controllers_dir=None,
             runtime_dir=Path(runtime_dir) if runtime_dir else default_runtime_dir(),
             state_dir=Path(state_dir) if state_dir else default_state_dir(),
         )
         config = config if config is not None else default_config()
         if config is not None:
             settings.apply_config(load_config(config))
+        if controllers_dir:
+            settings.controllers_dir = Path(controllers_dir)
+        if bundled is not None:
+            settings.bundled = bundled
         return settings
+
+    def controller_folders(self) -> list[Path]:
+        """Where controller modules come from, in overriding order (later wins)."""
+        folders = [bundled_controllers_dir()] if self.bundled else []
+        if self.controllers_dir is not None and self.controllers_dir not in folders:
+            folders.append(self.controllers_dir)
+        return folders
 
     def apply_config(self, data: dict[str, Any]) -> None:
         for name, ns in (data.get("namespaces") or {}).items():
@@ -118,6 +143,7 @@ class Settings:
                                           "(memory or etcd)")
             elif ns.get("persistent"):
                 self.persistent_namespaces.append(name)
+        self._apply_controllers(data.get("controllers") or {})
         for name, limits in (data.get("limits") or {}).items():
             if not isinstance(limits, dict):
                 raise InvalidRequestError(f"config: [limits.\"{name}\"] must be a table")
@@ -130,6 +156,21 @@ class Settings:
             setattr(self.timing, key, type(getattr(self.timing, key))(value))
         if "history" in data:
             self.history = int(data["history"])
+
+
+    def _apply_controllers(self, table: dict[str, Any]) -> None:
+        unknown = set(table) - {"dir", "bundled"}
+        if unknown:
+            raise InvalidRequestError(f"config: unknown [controllers] key {sorted(unknown)[0]!r} "
+                                      "(dir, bundled)")
+        if "dir" in table:
+            if not isinstance(table["dir"], str) or not table["dir"]:
+                raise InvalidRequestError("config: [controllers] dir must be a folder path")
+            self.controllers_dir = Path(table["dir"])
+        if "bundled" in table:
+            if not isinstance(table["bundled"], bool):
+                raise InvalidRequestError("config: [controllers] bundled must be true or false")
+            self.bundled = table["bundled"]
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:

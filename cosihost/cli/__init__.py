@@ -31,7 +31,10 @@ def main() -> None:
 
 @main.command()
 @click.option("--controllers", "controllers_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of controller modules (default: the bundled examples).")
+              help="Drop-in folder of controller modules, run beside the bundled ones; a module "
+                   "named like a bundled one replaces it, an empty one turns it off.")
+@click.option("--bundled/--no-bundled", default=None,
+              help="Run the bundled device controllers (default: yes, or [controllers] bundled).")
 @click.option("--runtime-dir", type=click.Path(file_okay=False), default=None, envvar="COSIHOST_RUNTIME_DIR",
               help="Folder for the sockets (created 0750).")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
@@ -39,7 +42,8 @@ def main() -> None:
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML file: persistent namespaces, limits, timings "
                    "(default for root: /etc/cosihost/config.toml if it exists).")
-def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | None, config: str | None) -> None:
+def run(controllers_dir: str | None, bundled: bool | None, runtime_dir: str | None, state_dir: str | None,
+        config: str | None) -> None:
     """Run the supervisor in the foreground."""
     import faulthandler
 
@@ -49,7 +53,7 @@ def run(controllers_dir: str | None, runtime_dir: str | None, state_dir: str | N
     logs.setup("supervisor")
     try:
         settings = Settings.build(controllers_dir=controllers_dir, runtime_dir=runtime_dir,
-                                  state_dir=state_dir, config=config)
+                                  state_dir=state_dir, config=config, bundled=bundled)
         try:
             import setproctitle
             setproctitle.setproctitle("cosihost: supervisor")

@@ -47,11 +47,26 @@ def module_digest(path: Path) -> str:
         return ""
 
 
-def discover(directory: Path) -> list[Path]:
-    """Controller modules: ``*.py`` files not starting with ``_`` or ``.``."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("*.py") if not p.name.startswith(("_", ".")))
+def discover(*folders: Path) -> list[Path]:
+    """Controller modules: ``*.py`` files not starting with ``_`` or ``.``.
+
+    Folders are layered as systemd layers unit folders: a module in a later
+    folder replaces the one of the same file name in an earlier folder (the
+    drop-in folder over the bundled one), and an empty file replaces it with
+    nothing, which is how one bundled controller is turned off.
+    """
+    by_name: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            by_name.update((p.name, p) for p in folder.glob("*.py") if not p.name.startswith(("_", ".")))
+    return sorted((p for p in by_name.values() if not _masked(p)), key=lambda p: (p.name, str(p)))
+
+
+def _masked(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True
 
 
 def describe_exit(returncode: int) -> str:

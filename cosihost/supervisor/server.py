@@ -363,7 +363,7 @@ class Supervisor:
             self.notifier.reloading()
             self.ready = False
         sup = self.supervision
-        modules = processes.discover(self.settings.controllers_dir)
+        modules = processes.discover(*self.settings.controller_folders())
         known = sup.known_digests()
         for gone in set(known) - set(modules):
             for slot in [s for s in sup.slots.values() if s.module == gone]:
@@ -406,9 +406,10 @@ class Supervisor:
             self._install_signals()
             self._build_state()
             log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
-            if not self.settings.controllers_dir.is_dir():
-                log.warning("controllers folder %s does not exist: no controllers until it does "
-                            "and `cosihost reload`", self.settings.controllers_dir)
+            folder = self.settings.controllers_dir
+            if folder is not None and not folder.is_dir():
+                log.warning("controllers folder %s does not exist: no controllers from it until it does "
+                            "and `cosihost reload`", folder)
             self._start_scan()
             self._loop()
             self._shutdown()

@@ -51,7 +51,8 @@ class SupervisorProcess:
     """One supervisor with its own runtime, state and controllers folders."""
 
     def __init__(self, *, controllers: dict[str, str] | None = None, config: str | None = None,
-                 base: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 base: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+                 bundled: bool = False) -> None:
         # Short paths: ipc socket paths must fit in sun_path (108 bytes).
         self.base = Path(tempfile.mkdtemp(prefix="ch-", dir=base))
         self.runtime_dir = self.base / "run"
@@ -59,6 +60,8 @@ class SupervisorProcess:
         self.controllers_dir = self.base / "controllers"
         self.controllers_dir.mkdir()
         self.config_path: Path | None = None
+        #: Whether the bundled device controllers run too (off: a test sees only its own).
+        self.bundled = bundled
         self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen[bytes] | None = None
         self._known: dict[int, psutil.Process] = {}
@@ -78,6 +81,7 @@ class SupervisorProcess:
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> "SupervisorProcess":
         cmd = [sys.executable, "-m", "cosihost", "run", "--controllers", str(self.controllers_dir),
+               "--bundled" if self.bundled else "--no-bundled",
                "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]

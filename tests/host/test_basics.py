@@ -44,7 +44,8 @@ def test_second_supervisor_on_same_runtime_dir_fails_clearly(supervisor_factory)
     import sys
     sup = supervisor_factory(controllers={})
     done = subprocess.run([sys.executable, "-m", "cosihost", "run", "--runtime-dir", str(sup.runtime_dir),
-                           "--controllers", str(sup.controllers_dir)], capture_output=True, timeout=30)
+                           "--controllers", str(sup.controllers_dir), "--no-bundled"],
+                          capture_output=True, timeout=30)
     assert done.returncode != 0
     assert b"another supervisor" in done.stderr
     assert sup.ping()["ready"]
