@@ -58,6 +58,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     # controller life
     "register": ("name", "secret", "inputs", "outputs"),
     "update_inputs": ("inputs",),
+    "owned_kinds": (),
     "heartbeat": (),
     # supervisor control
     "ping": (),

@@ -183,6 +183,18 @@ class InMemoryState:
                 out.append(res)
         return out
 
+    def owned_kinds(self, owner: str, types: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """The kinds (of these types, or any), in any namespace, where ``owner``
+        owns a resource: where a restarted controller finds what its last
+        life wrote."""
+        wanted = None if types is None else set(types)
+        found = []
+        for (namespace, type), coll in list(self._collections.items()):
+            if (wanted is None or type in wanted) and any(unpack(blob).metadata.owner == owner
+                                      for blob in list(coll.items.values())):
+                found.append((namespace, type))
+        return sorted(found)
+
     def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
         """The kind's sequence number and packed items, taken atomically."""
         _check_kind(namespace, type)

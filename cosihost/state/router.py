@@ -109,6 +109,13 @@ class NamespaceRouter:
     def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
         return self.backend(namespace).records_since(namespace, type, seq)
 
+    def owned_kinds(self, owner: str, types: Iterable[str]) -> list[tuple[str, str]]:
+        """Every backend's kinds where ``owner`` owns something (those not reached yet have none to tell)."""
+        wanted = list(types)
+        found = {kind for st in [self.local, *self._remote.values()] if getattr(st, "not_ready", None) is None
+                 for kind in st.owned_kinds(owner, wanted)}
+        return sorted(found)
+
     def last_written(self, namespace: str) -> Record | None:
         """The calling thread's last write to a remote namespace, as a record."""
         return self.backend(namespace).last_written()  # type: ignore[attr-defined]

@@ -388,6 +388,14 @@ class Api:
             raise AccessDeniedError("only controllers have inputs")
         self.host.update_inputs(caller, args["inputs"])
 
+    def op_owned_kinds(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[list[str]]:
+        """Where the calling controller owns outputs, in any namespace, so that
+        its first cleanup after a restart sees what its last life wrote."""
+        if caller.decl is None:
+            raise AccessDeniedError("only controllers own outputs")
+        types = {o.type for o in caller.decl.outputs}
+        return [list(kind) for kind in self.state.owned_kinds(caller.decl.name, types)]
+
     def op_heartbeat(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         if caller.decl is None:
             raise AccessDeniedError("only controllers send heartbeats")

@@ -89,6 +89,8 @@ class _StateRequester:
         if op in ("add_finalizer", "remove_finalizer"):
             res = getattr(s, op)(*key, *args["finalizers"])
             return {"resource": pack(res), "seq": 0}
+        if op == "owned_kinds":
+            return [list(kind) for kind in s.owned_kinds(owner)]
         if op == "update_inputs":
             for i in args["inputs"]:
                 new = Input.from_wire(i)

@@ -48,6 +48,9 @@ class ControllerRuntime:
         self.counters = Counters()
         self.requeue_at: float | None = None
         self._tracking: set[tuple[str, str, str]] | None = None
+        #: Kinds where this process's earlier lives left outputs are synced
+        #: into the cache before its first cleanup (then its own writes are).
+        self._owned_synced = False
 
     # -- declaration checks ---------------------------------------------
     def _readable(self, namespace: str, type: str) -> None:
@@ -158,6 +161,10 @@ class ControllerRuntime:
         """Destroy this controller's outputs that this round did not touch."""
         touched = self._tracking or set()
         self._tracking = None
+        if not self._owned_synced:
+            for namespace, type in self._req.call("owned_kinds", owner=self.name):
+                self._cache.ensure(namespace, type)
+            self._owned_synced = True
         for (namespace, type) in list(self._cache.kinds):
             if not any(o.type == type for o in self.outputs):
                 continue

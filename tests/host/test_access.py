@@ -353,6 +353,7 @@ def test_user_clients_write_only_ownerless_resources_of_non_exclusive_types(rogu
         "destroy as the owner": request("destroy", **kind_args("shared", SHARED, id="theirs", owner="test.Other")),
         "heartbeat without a token": request("heartbeat", counters={"reconciles": 1}, kinds=[]),
         "update_inputs without a token": request("update_inputs", inputs=[["default", SECRETS, "strong", None]]),
+        "ask where a controller owns outputs": request("owned_kinds", owner="test.Other"),
     }
     conflicts = {
         "update a controller's shared resource": request("update", resource=current("shared", SHARED, "theirs")),

@@ -482,6 +482,7 @@ BASE: dict[str, dict[str, Any]] = {
     "register": {"name": "nobody", "secret": "s", "inputs": [], "outputs": []},
     "update_inputs": {"inputs": [["fuzz", FUZZ, "weak", None]]},
     "heartbeat": {"counters": {"reconciles": 1}, "kinds": [["fuzz", FUZZ, 0]]},
+    "owned_kinds": {"owner": "nobody"},
     "ping": {},
     "controllers": {},
     "restart": {"name": "nobody"},
