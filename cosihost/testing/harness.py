@@ -308,6 +308,8 @@ class ControllerHarness:
         except BaseException as exc:  # a harness bug: make the waits fail loudly
             self._crash = exc
             log.exception("harness loop of %s died", self.name)
+        finally:
+            loop.close()  # an async controller's event loop lives in this thread
 
     def _apply(self, item: tuple[Any, ...]) -> None:
         namespace, type, kind, res = item

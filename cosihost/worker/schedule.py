@@ -6,10 +6,20 @@ reconciles once, however many changes came in meanwhile; a failed reconcile
 is retried with exponential backoff; ``rt.requeue(after=)`` asks for another
 round. The worker's loop and the test harness both drive a :class:`Scheduler`,
 so a controller is scheduled the same way in a test as on a device.
+
+``async def reconcile`` is supported: the scheduler runs the coroutine to
+completion on an event loop of the controller's own (one per process, kept
+across rounds, so a client session opened in one round serves the next).
+Reconciles stay one at a time and ``rt`` calls stay synchronous: from a
+coroutine they block that loop briefly, which is what a single-threaded
+reconcile loop means anyway. An async reconcile that was never awaited
+would otherwise do nothing and report success.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 from typing import Any, Callable
@@ -31,6 +41,20 @@ class Scheduler:
         self.dirty = True  # reconcile once at start
         self.failures = 0  # failed reconciles in a row
         self.backoff_until = 0.0
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    def close(self) -> None:
+        """Close the event loop an async controller ran on, if any."""
+        if self._event_loop is not None:
+            self._event_loop.close()
+            self._event_loop = None
+
+    def _reconcile(self) -> None:
+        result = self.controller.reconcile(self.rt)
+        if inspect.isawaitable(result):
+            if self._event_loop is None:
+                self._event_loop = asyncio.new_event_loop()
+            self._event_loop.run_until_complete(result)
 
     def attempts(self) -> int:
         return self.rt.counters.reconciles + self.rt.counters.crashes
@@ -66,7 +90,7 @@ class Scheduler:
         self.dirty = False
         self.rt.requeue_at = None
         try:
-            self.controller.reconcile(self.rt)
+            self._reconcile()
         except Exception as exc:
             self.rt.counters.crashes += 1
             self.failures += 1
