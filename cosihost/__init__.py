@@ -10,11 +10,12 @@ from .errors import (AccessDeniedError, ConflictError, CosiError, InvalidRequest
 from .client import Client
 from .controller import Controller, Input, Output, ResourceDefinition
 from .resource import Metadata, Resource
+from .runtime import Runtime
 from .state import Event, InMemoryState
 
 __all__ = [
     "Resource", "Metadata", "Event", "InMemoryState", "Client",
-    "Controller", "Input", "Output", "ResourceDefinition",
+    "Controller", "Input", "Output", "ResourceDefinition", "Runtime",
     "CosiError", "NotFoundError", "ConflictError", "OwnerConflictError", "PhaseConflictError",
     "AccessDeniedError", "InvalidRequestError", "OverrunError", "UnavailableError",
 ]

@@ -110,7 +110,7 @@ class Client:
         self.call("destroy", namespace=namespace, type=type, id=id, owner=owner)
 
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
-        return self.call("teardown", namespace=namespace, type=type, id=id, owner=owner)["ready"]
+        return bool(self.call("teardown", namespace=namespace, type=type, id=id, owner=owner)["ready"])
 
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         reply = self.call("add_finalizer", namespace=namespace, type=type, id=id, finalizers=list(finalizers))

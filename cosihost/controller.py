@@ -9,7 +9,10 @@ a bad one) without ever importing the module itself.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 INPUT_KINDS = ("weak", "strong", "destroy-ready")
 OUTPUT_KINDS = ("exclusive", "shared")
@@ -87,9 +90,10 @@ class Controller:
     limits: ClassVar[dict[str, Any]] = {}
     definitions: ClassVar[list[ResourceDefinition]] = []
 
-    def reconcile(self, rt: Any) -> None:
+    def reconcile(self, rt: Runtime) -> None | Awaitable[None]:
         """Bring outputs in line with inputs. Called after start, after input
-        changes (coalesced) and when requeued."""
+        changes (coalesced) and when requeued. May be ``async def``: it is then
+        awaited on the controller's own event loop."""
         raise NotImplementedError
 
     @classmethod

@@ -141,7 +141,8 @@ def _fields(res: Resource) -> list[Any]:
 def pack(res: Resource) -> bytes:
     """Encode a resource as one msgpack blob."""
     try:
-        return msgpack.packb(_fields(res), use_bin_type=True)
+        blob: bytes = msgpack.packb(_fields(res), use_bin_type=True)
+        return blob
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(f"spec cannot be encoded with msgpack: {exc}") from None
 

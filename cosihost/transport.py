@@ -36,7 +36,7 @@ def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
 class Requester:
     """Request/reply with timeout, reopen and retry (Lazy Pirate)."""
 
-    def __init__(self, ctx: zmq.Context, address: str, *, token: str = "",
+    def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "",
                  timeout: float = 5.0, retries: int = 3) -> None:
         self.address = address
         self.token = token
@@ -45,11 +45,11 @@ class Requester:
         self._ctx = ctx
         self._prefix = uuid.uuid4().hex[:10]
         self._counter = 0
-        self._sock: zmq.Socket | None = None
+        self._sock: "zmq.Socket[bytes] | None" = None
         #: Requests sent again after a reply did not come in time.
         self.resent = 0
 
-    def _open(self) -> zmq.Socket:
+    def _open(self) -> "zmq.Socket[bytes]":
         sock = self._ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
@@ -93,7 +93,7 @@ class Subscriber:
     #: (the supervisor drops subscriptions it cannot place; see its server).
     RESEND_AFTER = 1.0
 
-    def __init__(self, ctx: zmq.Context, address: str, *, token: str = "", hwm: int = 100_000) -> None:
+    def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "", hwm: int = 100_000) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
@@ -171,7 +171,7 @@ class Subscriber:
         if self._queued:
             return self._queued.popleft()
         if timeout == 0:  # the drain after an event: no Poller needed to ask
-            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 topic, msg = self._recv_raw()
                 if isinstance(msg, wire.EventMessage):
                     return topic, msg

@@ -110,6 +110,7 @@ def test_a_wheel_install_runs_the_bundled_controllers(installed: Path, host: tup
     venv_dir = installed.parent.resolve()
     assert all(Path(p).resolve().is_relative_to(venv_dir) for p in where), where
     assert ROOT not in Path(where[0]).resolve().parents
+    assert (Path(where[0]).parent / "py.typed").is_file()   # PEP 561: the API is typed
 
     names = set(psutil.net_if_stats())
     shown = wait_for(lambda: (ids := _column(_cli(installed, cwd, env, "get", "links"), "ID")) >= names and ids,

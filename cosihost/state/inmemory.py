@@ -9,6 +9,7 @@ back: an acknowledged write is a committed write.
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 import uuid
@@ -121,15 +122,17 @@ class InMemoryState:
     def _commit(self, coll: Collection, res: Resource | None, rid: str, kind: str,
                 old: bytes | None, blob: bytes | None = None) -> bytes:
         """Write one change: durable store first, then memory, then history."""
-        if res is not None and blob is None:
+        if kind == DESTROYED:
+            blob = old
+        elif res is not None and blob is None:
             blob = pack(res)
+        assert blob is not None, "a change carries what it wrote or destroyed"
         if self._store is not None and self._store.persists(coll.namespace):
             if kind == DESTROYED:
                 self._store.delete(coll.namespace, coll.type, rid)
             else:
                 self._store.put(coll.namespace, coll.type, rid, blob)
         if kind == DESTROYED:
-            blob = old
             del coll.items[rid]
         else:
             coll.items[rid] = blob
@@ -183,7 +186,7 @@ class InMemoryState:
                 out.append(res)
         return out
 
-    def owned_kinds(self, owner: str, types: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    def owned_kinds(self, owner: str, types: Iterable[str] | None = None) -> builtins.list[tuple[str, str]]:
         """The kinds (of these types, or any), in any namespace, where ``owner``
         owns a resource: where a restarted controller finds what its last
         life wrote."""
@@ -195,7 +198,7 @@ class InMemoryState:
                 found.append((namespace, type))
         return sorted(found)
 
-    def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
+    def snapshot(self, namespace: str, type: str) -> tuple[int, builtins.list[bytes]]:
         """The kind's sequence number and packed items, taken atomically."""
         _check_kind(namespace, type)
         coll = self._existing(namespace, type)
@@ -204,7 +207,7 @@ class InMemoryState:
         with coll.cond:
             return coll.history.seq, [coll.items[k] for k in sorted(coll.items)]
 
-    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
+    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, builtins.list[tuple[str, bytes]], str]:
         """Like :meth:`snapshot`, with each item's id beside its blob, and
         the bookmark of that position."""
         _check_kind(namespace, type)
@@ -224,7 +227,7 @@ class InMemoryState:
         with coll.cond:
             return coll.history.seq, self._mark_cursor(coll, coll.history.seq)
 
-    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, list[Record], str | None]:
+    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, builtins.list[Record], str | None]:
         """For a watcher elsewhere (over the wire): the kind's position now,
         and the records after ``bookmark`` up to it (replayed ones, with
         ``seq`` 0, first); or the position and why it cannot resume."""
@@ -242,7 +245,7 @@ class InMemoryState:
         coll = self._existing(namespace, type)
         return 0 if coll is None else coll.history.seq
 
-    def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
+    def records_since(self, namespace: str, type: str, seq: int) -> builtins.list[Record] | None:
         """Records after ``seq``, or None when history no longer has them all."""
         coll = self._existing(namespace, type)
         if coll is None:
@@ -379,7 +382,7 @@ class InMemoryState:
         return Watch(coll.history, cursor, translate, pending=pending)
 
     def _resume_cursor(self, since: Any, coll: Collection,
-                       current: int) -> tuple[int, str | None, list[Record]]:
+                       current: int) -> tuple[int, str | None, builtins.list[Record]]:
         """The kind's position a bookmark names, or the current one and why
         the watch cannot resume; and changes to replay before the history
         (none here). Called under the kind's lock."""

@@ -9,6 +9,7 @@ to know which writes may block on the network.
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -90,26 +91,26 @@ class NamespaceRouter:
                                                   since=since)
 
     # -- what the supervisor serves controllers' caches from ---------------------
-    def snapshot(self, namespace: str, type: str) -> tuple[int, list[bytes]]:
+    def snapshot(self, namespace: str, type: str) -> tuple[int, builtins.list[bytes]]:
         return self.backend(namespace).snapshot(namespace, type)
 
-    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, list[tuple[str, bytes]], str]:
+    def snapshot_marked(self, namespace: str, type: str) -> tuple[int, builtins.list[tuple[str, bytes]], str]:
         return self.backend(namespace).snapshot_marked(namespace, type)
 
     def position(self, namespace: str, type: str) -> tuple[int, str]:
         return self.backend(namespace).position(namespace, type)
 
-    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, list[Record], str | None]:
+    def resume(self, namespace: str, type: str, bookmark: Any) -> tuple[int, builtins.list[Record], str | None]:
         return self.backend(namespace).resume(namespace, type, bookmark)
 
     def head(self, namespace: str, type: str) -> int:
         found = self._find(namespace)  # heartbeats ask for it: no error, just nothing yet
         return 0 if getattr(found, "not_ready", None) is not None else found.head(namespace, type)
 
-    def records_since(self, namespace: str, type: str, seq: int) -> list[Record] | None:
+    def records_since(self, namespace: str, type: str, seq: int) -> builtins.list[Record] | None:
         return self.backend(namespace).records_since(namespace, type, seq)
 
-    def owned_kinds(self, owner: str, types: Iterable[str]) -> list[tuple[str, str]]:
+    def owned_kinds(self, owner: str, types: Iterable[str]) -> builtins.list[tuple[str, str]]:
         """Every backend's kinds where ``owner`` owns something (those not reached yet have none to tell)."""
         wanted = list(types)
         found = {kind for st in [self.local, *self._remote.values()] if getattr(st, "not_ready", None) is None
@@ -118,7 +119,8 @@ class NamespaceRouter:
 
     def last_written(self, namespace: str) -> Record | None:
         """The calling thread's last write to a remote namespace, as a record."""
-        return self.backend(namespace).last_written()  # type: ignore[attr-defined]
+        found: Record | None = self.backend(namespace).last_written()  # type: ignore[attr-defined]
+        return found
 
     def _of(self, resource: Any) -> InMemoryState:
         return self.backend(getattr(getattr(resource, "metadata", None), "namespace", None))

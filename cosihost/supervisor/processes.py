@@ -179,7 +179,7 @@ def next_delay(slot: Slot, timing: Timing, now: float) -> float:
     slot.crash_times.append(now)
     recent = [t for t in slot.crash_times if now - t <= timing.crash_loop_window]
     slot.state = CRASH_LOOP if len(recent) >= timing.crash_loop_restarts else BACKOFF
-    return min(timing.backoff_cap, timing.backoff_base * 2 ** (slot.failures - 1))
+    return min(timing.backoff_cap, timing.backoff_base * 2.0 ** (slot.failures - 1))
 
 
 def stop(slot: Slot, *, reason: str) -> None:

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 ETCD = shutil.which("etcd")
@@ -71,14 +71,14 @@ class EtcdMember:
         self.log_path = log_path
         self._initial_cluster = initial_cluster
         self._token = token
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def __repr__(self) -> str:
         return f"<EtcdMember {self.name} {self.client_url} pid={self.pid}>"
 
     @property
     def pid(self) -> Optional[int]:
-        return self.proc.pid if self.running else None
+        return self.proc.pid if self.proc is not None and self.running else None
 
     @property
     def running(self) -> bool:
@@ -146,12 +146,13 @@ class EtcdMember:
             return False
         return body.get("health") in ("true", True)
 
-    def status(self, timeout: float = 3.0) -> dict:
+    def status(self, timeout: float = 3.0) -> dict[str, Any]:
         """``etcdctl endpoint status -w json`` for this member alone."""
         out = run_etcdctl([self.client_url], "endpoint", "status", "-w",
                           "json", timeout=timeout)
         data = json.loads(out.stdout)
-        return data[0]["Status"]
+        status: dict[str, Any] = data[0]["Status"]
+        return status
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -163,7 +164,7 @@ class EtcdMember:
 
 def run_etcdctl(endpoints: Sequence[str], *args: str, timeout: float = 5.0,
                 input: Optional[str] = None,
-                check: bool = True) -> subprocess.CompletedProcess:
+                check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``etcdctl`` (API v3) against ``endpoints``; its own
     ``--command-timeout`` is ``timeout``, and the process gets a little more."""
     assert ETCDCTL is not None
@@ -281,7 +282,7 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, endpoints: Optional[Sequence[str]] = None,
                 timeout: float = 5.0, input: Optional[str] = None,
-                check: bool = True) -> subprocess.CompletedProcess:
+                check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_etcdctl(endpoints or [m.client_url for m in self.running()]
                            or self.endpoints, *args, timeout=timeout,
                            input=input, check=check)

@@ -100,7 +100,8 @@ class SupervisorProcess:
 
     def ping(self) -> dict[str, Any]:
         with self.client(timeout=1.0, retries=0) as c:
-            return c.call("ping")
+            reply: dict[str, Any] = c.call("ping")
+            return reply
 
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         def ready() -> bool:
@@ -116,9 +117,9 @@ class SupervisorProcess:
 
     def wait_status(self, name: str, predicate: Callable[[dict[str, Any]], bool], *,
                     timeout: float = 15.0) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
+        def check() -> dict[str, Any]:
             spec = self.statuses().get(name)
-            return spec if spec is not None and predicate(spec) else None
+            return spec if spec is not None and predicate(spec) else {}
         return wait_for(check, timeout=timeout, message=f"status of {name}")
 
     def controller_pid(self, name: str) -> int:

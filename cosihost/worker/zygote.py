@@ -78,11 +78,11 @@ def serve(sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the supervisor stops us by closing the socket
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
             os.read(wake_r, 4096)
             _reap(sock)
-        if sock not in ready:
+        if sock.fileno() not in ready:
             continue
         packet = sock.recv(MAX_PACKET)
         if not packet:

@@ -102,22 +102,24 @@ class EtcdState(Mirror):
                 continue
             if want is KEEP:
                 if fresh:
-                    return unpack(blob)
+                    kept: Resource = unpack(blob)
+                    return kept
                 blob, rev, fresh = *self._current(names, fresh=True), True  # nothing to do, says etcd too?
                 continue
-            new = None if want is None else pack(want)
+            wanted: Resource | None = want
+            new = None if wanted is None else pack(wanted)
             resp, maybe_applied = self._cas(names, rev, new)
             kvs = [] if resp.succeeded else resp.responses[0].response_range.kvs
             if resp.succeeded:
                 self._local.record = self._settle(names, new, resp.header.revision)
-                return want
+                return wanted
             if maybe_applied:  # the first attempt may have done it
                 if new is None and not kvs:
                     self._settle_gone(names)
-                    return want
+                    return wanted
                 if kvs and kvs[0].value == new:
                     self._local.record = self._settle(names, new, kvs[0].mod_revision)
-                    return want
+                    return wanted
                 raise _unknown(names)
             blob, rev, fresh = (kvs[0].value, kvs[0].mod_revision, True) if kvs else (None, 0, True)
 
@@ -173,7 +175,7 @@ class EtcdState(Mirror):
             return updated(cur, validated_copy(new), owner=owner, expected_phase=expected_phase,
                            now=self._clock())
 
-        return self._write((md.namespace, md.type, md.id), decide)
+        return _kept(self._write((md.namespace, md.type, md.id), decide))
 
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         _check_kind(namespace, type, id)
@@ -193,8 +195,7 @@ class EtcdState(Mirror):
         def decide(cur: Resource) -> Any:
             return cur if torn_down(cur, owner, self._clock()) else KEEP
 
-        res = self._write((namespace, type, id), decide)
-        return not res.metadata.finalizers
+        return not _kept(self._write((namespace, type, id), decide)).metadata.finalizers
 
     def _change_finalizers(self, namespace: str, type: str, id: str,
                            finalizers: Iterable[str], *, add: bool) -> Resource:
@@ -205,4 +206,10 @@ class EtcdState(Mirror):
         def decide(cur: Resource) -> Any:
             return cur if finalizers_changed(cur, finalizers, add=add, now=self._clock()) else KEEP
 
-        return self._write((namespace, type, id), decide)
+        return _kept(self._write((namespace, type, id), decide))
+
+
+def _kept(res: Resource | None) -> Resource:
+    """What a write that keeps its resource returned (only a destroy returns None)."""
+    assert res is not None, "a write that keeps its resource returns it"
+    return res
