@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from .errors import InvalidRequestError
 
@@ -160,13 +160,41 @@ def parse_query(labels: str | Sequence[str] | Query | None) -> Query:
     raise InvalidRequestError(f"labels: expected a selector string or a list of them, not {labels!r}")
 
 
-def compile_id_regex(id_regex: str | None) -> "re.Pattern[str] | None":
-    """Compile an id query; anything ``re`` refuses is an InvalidRequestError."""
+#: Longest id query accepted; ids themselves are at most MAX_NAME_LENGTH.
+MAX_ID_REGEX_LENGTH = 1024
+#: Memory RE2 may use for one compiled query.
+ID_REGEX_MEMORY = 8 << 20
+
+
+def compile_id_regex(id_regex: str | None) -> IdPattern | None:
+    """Compile an id query with RE2, whose matching time is linear in the id.
+
+    The supervisor runs the queries clients send, in its own loop: with a
+    backtracking engine such as ``re``, a pattern like ``(a+)+$`` takes time
+    exponential in the id and would stall every controller. RE2 refuses the
+    few constructs it cannot match in linear time (backreferences,
+    lookaround); the error says so.
+    """
     if id_regex is None:
         return None
     if not isinstance(id_regex, str):
         raise InvalidRequestError("id_regex must be a string")
+    if len(id_regex) > MAX_ID_REGEX_LENGTH:
+        raise InvalidRequestError(f"id_regex is longer than {MAX_ID_REGEX_LENGTH} characters")
+    import re2  # here, not at the top: most controller processes never need it
+
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = ID_REGEX_MEMORY
     try:
-        return re.compile(id_regex)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise InvalidRequestError(f"id_regex: {exc}") from None
+        pattern: IdPattern = re2.compile(id_regex, options)
+    except re2.error as exc:
+        why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise InvalidRequestError(f"id_regex: {why} (RE2 syntax: no backreferences or lookaround)") from None
+    return pattern
+
+
+class IdPattern(Protocol):
+    """A compiled id query: ``search`` as in ``re``."""
+
+    def search(self, text: str) -> object: ...

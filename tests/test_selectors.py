@@ -3,10 +3,12 @@ and matching, term by term and combined (AND within a string, OR across a list).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cosihost.errors import InvalidRequestError
-from cosihost.selectors import Query, Selector, Term, parse_query, parse_selector
+from cosihost.selectors import Query, Selector, Term, compile_id_regex, parse_query, parse_selector
 
 LABELS = {"app": "web", "tier": "front", "gen": "9", "size": "b", "empty": ""}
 
@@ -117,3 +119,24 @@ def test_parse_errors(bad: str) -> None:
 def test_query_of_the_wrong_type(bad) -> None:
     with pytest.raises(InvalidRequestError, match="labels"):
         parse_query(bad)
+
+
+# -- id queries: RE2, linear in the id -------------------------------------------
+
+def test_a_pathological_id_query_answers_at_once() -> None:
+    """``(a+)+$`` backtracks exponentially in ``re``; RE2 matches in linear time."""
+    pattern = compile_id_regex("(a+)+$")
+    assert pattern is not None
+    assert pattern.search("a" * 50_000 + "b") is None
+    assert pattern.search("xa") is not None
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("(unclosed", "missing )"),
+    (r"(a)\1", "backreferences"),
+    ("(?=x)a", "lookaround"),
+    ("a" * 2000, "longer than 1024"),
+])
+def test_id_queries_re2_refuses_say_why(bad: str, why: str) -> None:
+    with pytest.raises(InvalidRequestError, match=re.escape(why)):
+        compile_id_regex(bad)
