@@ -8,7 +8,9 @@ subscriber and requester, so a watch may be iterated in any one thread.
 
 from __future__ import annotations
 
+import builtins
 import collections
+import contextlib
 import os
 import threading
 import time
@@ -18,11 +20,13 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from . import wire
-from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
+from .errors import CosiError, InvalidRequestError, NotFoundError, OverrunError, UnavailableError
 from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
+from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
+from .state.txn import Key, Op, Transaction, open_transaction
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
@@ -89,16 +93,40 @@ class Client:
                           labels=list(labels) if isinstance(labels, tuple) else labels, id_regex=id_regex)
         return [unpack(b) for b in blobs]
 
+    # -- transactions ---------------------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """The writes inside the block (on the transaction, or on this client
+        from this thread) go to the supervisor as one request on exit, which
+        applies them all or none. Each returns what it will have written,
+        decided against the supervisor's current state."""
+        return open_transaction(self._local, read=self._committed, now=time.time, commit=self.apply)
+
+    def _committed(self, key: Key) -> Resource | None:
+        try:
+            return self.get(*key)
+        except NotFoundError:
+            return None
+
+    def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
+        """Send ``ops`` as one transaction; each verb's result, as the supervisor decided it."""
+        if not ops:
+            return []
+        reply = self.call("transaction", ops=wire.encode_ops(ops))
+        return [unpack(r) if isinstance(r, bytes) else r for r in reply["results"]]
+
     # -- writes ------------------------------------------------------------------
+    @recorded_in_transaction
     def create(self, resource: Resource, *, owner: str = "") -> Resource:
         reply = self.call("create", resource=validate(resource), owner=owner)
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def update(self, resource: Resource, *, owner: str = "",
                expected_phase: str | None = "running") -> Resource:
         reply = self.call("update", resource=validate(resource), owner=owner, expected_phase=expected_phase)
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str = "") -> Resource:
         res, _written = modify_spec(
@@ -106,16 +134,20 @@ class Client:
             create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
         return res
 
+    @recorded_in_transaction
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         self.call("destroy", namespace=namespace, type=type, id=id, owner=owner)
 
+    @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         return bool(self.call("teardown", namespace=namespace, type=type, id=id, owner=owner)["ready"])
 
+    @recorded_in_transaction
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         reply = self.call("add_finalizer", namespace=namespace, type=type, id=id, finalizers=list(finalizers))
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         reply = self.call("remove_finalizer", namespace=namespace, type=type, id=id, finalizers=list(finalizers))
         return unpack(reply["resource"])

@@ -12,11 +12,13 @@ Decoding is strict: anything that is not exactly a known message raises
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 
 from .errors import CosiError, InvalidRequestError
+from .resource import pack, unpack
+from .state.txn import MAX_OPS, Op
 
 PROTOCOL = 1
 #: Largest frame a socket accepts (ZMQ_MAXMSGSIZE); bigger peers are dropped.
@@ -49,6 +51,7 @@ VERBS: dict[str, tuple[str, ...]] = {
     "teardown": ("namespace", "type", "id"),
     "add_finalizer": ("namespace", "type", "id", "finalizers"),
     "remove_finalizer": ("namespace", "type", "id", "finalizers"),
+    "transaction": ("ops",),
     # cache sync (Clone pattern)
     "snapshot": ("namespace", "type"),
     "snapshot_page": ("cursor",),
@@ -211,3 +214,41 @@ def decode_published(body: bytes) -> EventMessage | ProbeMessage:
     if isinstance(msg, list) and len(msg) == 2 and msg[0] == "probe":
         return ProbeMessage(msg[1])
     raise WireError("unknown published message")
+
+
+# -- transactions -------------------------------------------------------------------
+
+def encode_ops(ops: Sequence[Op]) -> list[dict[str, Any]]:
+    """A transaction's operations as the ``ops`` argument of ``transaction``."""
+    return [{"verb": op.verb, "namespace": op.namespace, "type": op.type, "id": op.id,
+             "resource": None if op.resource is None else pack(op.resource), "owner": op.owner,
+             "expected_phase": op.expected_phase, "finalizers": list(op.finalizers)} for op in ops]
+
+
+def decode_ops(raw: Any) -> list[Op]:
+    """The operations of a ``transaction`` request, each checked as its verb would be."""
+    if not isinstance(raw, list):
+        raise InvalidRequestError("transaction: ops must be a list")
+    if len(raw) > MAX_OPS:
+        raise InvalidRequestError(f"transaction: {len(raw)} operations, more than {MAX_OPS}")
+    return [_decode_op(index, item) for index, item in enumerate(raw, start=1)]
+
+
+def _decode_op(index: int, item: Any) -> Op:
+    if not isinstance(item, dict):
+        raise InvalidRequestError(f"transaction operation {index}: not a map")
+    verb, owner = item.get("verb"), item.get("owner")
+    phase = item.get("expected_phase", "running")
+    try:
+        if verb in ("create", "update"):
+            blob = item.get("resource")
+            if not isinstance(blob, bytes):
+                raise InvalidRequestError("resource must be a packed resource")
+            return Op.write(verb, unpack(blob), owner=owner if owner is not None else "", expected_phase=phase)
+        fins = item.get("finalizers") or []
+        if not isinstance(fins, list) or not all(isinstance(f, str) and f for f in fins):
+            raise InvalidRequestError("finalizers must be a list of non-empty strings")
+        return Op(str(verb), item.get("namespace"), item.get("type"), item.get("id"),  # type: ignore[arg-type]
+                  owner=owner if owner is not None else "", expected_phase=phase, finalizers=tuple(fins)).checked()
+    except (InvalidRequestError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise InvalidRequestError(f"transaction operation {index}: {exc}") from None

@@ -543,3 +543,25 @@ def test_acknowledged_writes_survive_sigkill(state_dir: Path, spawn) -> None:
         if time.monotonic() > budget:
             break
     assert total_acks > 0
+
+
+def test_a_transaction_is_one_durable_commit(state_dir: Path) -> None:
+    state = open_state(state_dir)
+    state.create(Resource(PNS, T, "old", {}))
+    with state.transaction():
+        for i in range(10):
+            state.create(Resource(PNS, T, f"t{i}", {"i": i}))
+        state.create(Resource(VOLATILE, T, "v", {}))
+        state.destroy(PNS, T, "old")
+    with pytest.raises(ConflictError):
+        with state.transaction():
+            state.create(Resource(PNS, T, "never", {}))
+            state.create(Resource(PNS, T, "t0", {}))          # exists: the whole transaction fails
+    close_state(state)
+
+    state = open_state(state_dir)
+    try:
+        assert [r.metadata.id for r in state.list(PNS, T)] == [f"t{i}" for i in range(10)]
+        assert state.list(VOLATILE, T) == []                    # not persistent: gone with the process
+    finally:
+        close_state(state)

@@ -10,10 +10,12 @@ back: an acknowledged write is a committed write.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import functools
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
@@ -24,6 +26,7 @@ from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, Hi
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
+from .txn import Key, Op, Transaction, open_transaction, play
 
 DEFAULT_HISTORY = 8192
 
@@ -76,6 +79,24 @@ def _incoming(resource: Any, owner: Any, expected_phase: Any = None) -> Resource
     return res
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def recorded_in_transaction(method: F) -> F:
+    """A write verb that, inside ``with state.transaction()`` in this
+    thread, is recorded by the transaction instead of applied at once."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def verb(self: Any, *args: Any, **kwargs: Any) -> Any:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return getattr(txn, name)(*args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return verb  # type: ignore[return-value]
+
+
 class InMemoryState:
     """The state API in process. Thread-safe; one lock per kind.
 
@@ -98,6 +119,7 @@ class InMemoryState:
         self._clock = clock
         self._collections: dict[tuple[str, str], Collection] = {}
         self._collections_lock = threading.Lock()
+        self._local = threading.local()  # this thread's open transaction, if any
         if store is not None:
             for blob in store.load():
                 res = unpack(blob)
@@ -132,6 +154,11 @@ class InMemoryState:
                 self._store.delete(coll.namespace, coll.type, rid)
             else:
                 self._store.put(coll.namespace, coll.type, rid, blob)
+        self._remember(coll, rid, kind, old, blob)
+        return blob
+
+    def _remember(self, coll: Collection, rid: str, kind: str, old: bytes | None, blob: bytes) -> None:
+        """A change the store already has: into memory, the history and the event hook."""
         if kind == DESTROYED:
             del coll.items[rid]
         else:
@@ -139,7 +166,6 @@ class InMemoryState:
         record = coll.history.append(kind, rid, blob, old if kind == UPDATED else None)
         if self._on_event is not None:
             self._on_event(coll.namespace, coll.type, record)
-        return blob
 
     def _existing(self, namespace: str, type: str) -> Collection | None:
         """The kind's collection if anything ever touched it: reads of unknown
@@ -254,6 +280,7 @@ class InMemoryState:
             return coll.history.since(seq)
 
     # -- writes ----------------------------------------------------------
+    @recorded_in_transaction
     def create(self, resource: Resource, *, owner: str = "") -> Resource:
         res = _incoming(resource, owner)
         md = res.metadata
@@ -265,6 +292,7 @@ class InMemoryState:
             self._commit(coll, res, md.id, CREATED, None)
         return res
 
+    @recorded_in_transaction
     def update(self, resource: Resource, *, owner: str = "",
                expected_phase: str | None = PHASE_RUNNING) -> Resource:
         new = _incoming(resource, owner, expected_phase)
@@ -276,6 +304,7 @@ class InMemoryState:
             self._commit(coll, new, md.id, UPDATED, coll.items[md.id])
         return new
 
+    @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str = "") -> Resource:
         """Read-modify-write: ``fn(spec)`` mutates a copy (see :func:`modify_spec`).
@@ -292,6 +321,7 @@ class InMemoryState:
             create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
         return res
 
+    @recorded_in_transaction
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         _check_kind(namespace, type, id)
         _check_owner(owner)
@@ -300,6 +330,7 @@ class InMemoryState:
             check_destroy(coll.load(id), owner)
             self._commit(coll, None, id, DESTROYED, coll.items[id])
 
+    @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         _check_kind(namespace, type, id)
         _check_owner(owner)
@@ -311,9 +342,11 @@ class InMemoryState:
                 self._commit(coll, cur, id, UPDATED, old)
             return not cur.metadata.finalizers
 
+    @recorded_in_transaction
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         return self._change_finalizers(namespace, type, id, finalizers, add=True)
 
+    @recorded_in_transaction
     def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         return self._change_finalizers(namespace, type, id, finalizers, add=False)
 
@@ -330,6 +363,55 @@ class InMemoryState:
         return cur
 
     # -- watches ---------------------------------------------------------
+    # -- transactions ------------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """The writes inside the block (on the transaction, or on this state
+        from this thread) apply atomically on exit; none if it raises."""
+        return open_transaction(self._local, read=self._committed, now=self._clock, commit=self.apply)
+
+    def _committed(self, key: Key) -> Resource | None:
+        try:
+            return self.get(*key)
+        except NotFoundError:
+            return None
+
+    def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
+        """Apply ``ops`` all together or not at all; each verb's result, in order."""
+        if not ops:
+            return []
+        kinds = sorted({(op.namespace, op.type) for op in ops})
+        colls = {kind: self._collection(*kind) for kind in kinds}
+        with contextlib.ExitStack() as held:
+            for kind in kinds:  # in one order everywhere: no two transactions deadlock
+                held.enter_context(colls[kind].cond)
+
+            def current(key: Key) -> Resource | None:
+                blob = colls[key[0], key[1]].items.get(key[2])
+                return None if blob is None else unpack(blob)
+
+            results, changes = play(ops, current, self._clock())
+            self._commit_changes(colls, changes)
+        return results
+
+    def _commit_changes(self, colls: dict[tuple[str, str], Collection],
+                        changes: dict[Key, Resource | None]) -> None:
+        """Net changes of a transaction: the store in one commit, then memory."""
+        entries = []
+        for (namespace, type, rid), res in sorted(changes.items()):
+            coll = colls[namespace, type]
+            old = coll.items.get(rid)
+            if res is None and old is None:
+                continue  # made and destroyed inside the transaction
+            kind = DESTROYED if res is None else CREATED if old is None else UPDATED
+            blob = old if res is None else pack(res)
+            assert blob is not None
+            entries.append((coll, rid, kind, old, blob))
+        if self._store is not None:
+            self._store.write_many([(c.namespace, c.type, rid, None if kind == DESTROYED else blob)
+                                    for c, rid, kind, _old, blob in entries if self._store.persists(c.namespace)])
+        for coll, rid, kind, old, blob in entries:
+            self._remember(coll, rid, kind, old, blob)
+
     def watch(self, namespace: str, type: str, id: str) -> Watch:
         """The resource's current state (or a ``destroyed`` tombstone), then its changes."""
         _check_kind(namespace, type, id)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Protocol, Sequence
 
 from ..errors import UnavailableError
 
@@ -24,6 +24,7 @@ class Store(Protocol):
     def load(self) -> Iterable[bytes]: ...
     def put(self, namespace: str, type: str, id: str, blob: bytes) -> None: ...
     def delete(self, namespace: str, type: str, id: str) -> None: ...
+    def write_many(self, changes: Sequence[tuple[str, str, str, bytes | None]]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -133,6 +134,30 @@ class SqliteStore:
 
     def delete(self, namespace: str, type: str, id: str) -> None:
         self._write("DELETE FROM resources WHERE namespace=? AND type=? AND id=?", (namespace, type, id))
+
+    def write_many(self, changes: Sequence[tuple[str, str, str, bytes | None]]) -> None:
+        """Puts (a blob) and deletes (None) in one SQLite transaction: one fsync, all or nothing."""
+        if not changes:
+            return
+        with self._lock:
+            if self._closed:
+                raise UnavailableError(f"persistent store {self.path}: closed")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for namespace, type, id, blob in changes:
+                        if blob is None:
+                            self._db.execute("DELETE FROM resources WHERE namespace=? AND type=? AND id=?",
+                                             (namespace, type, id))
+                        else:
+                            self._db.execute("INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?)",
+                                             (namespace, type, id, blob))
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
 
     def close(self) -> None:
         with self._lock:

@@ -13,10 +13,11 @@ import builtins
 import fnmatch
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..errors import UnavailableError
+from ..errors import InvalidRequestError, UnavailableError
 from ..resource import Resource
 from .events import Record
 from .inmemory import InMemoryState
+from .txn import Op
 
 
 class NamespaceRouter:
@@ -109,6 +110,20 @@ class NamespaceRouter:
 
     def records_since(self, namespace: str, type: str, seq: int) -> builtins.list[Record] | None:
         return self.backend(namespace).records_since(namespace, type, seq)
+
+    def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
+        """A transaction, applied by the one backend that keeps all its namespaces.
+
+        One spanning an etcd namespace and a local one (or two etcd clusters)
+        is refused: no single commit could make it atomic, and a two-phase
+        protocol across etcd and this host could leave half of it applied
+        when the host dies between the phases."""
+        backends = {id(b): (b, op.namespace) for op in ops for b in [self.backend(op.namespace)]}
+        if len(backends) > 1:
+            where = ", ".join(sorted({ns for _b, ns in backends.values()}))
+            raise InvalidRequestError(f"a transaction cannot span namespaces kept in different places "
+                                      f"(etcd and this host, or two etcd clusters): {where}")
+        return next(iter(backends.values()))[0].apply(ops) if backends else []
 
     def owned_kinds(self, owner: str, types: Iterable[str]) -> builtins.list[tuple[str, str]]:
         """Every backend's kinds where ``owner`` owns something (those not reached yet have none to tell)."""

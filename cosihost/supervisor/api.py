@@ -14,6 +14,7 @@ request is refused rather than answered with another request's reply.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFound
 from ..resource import Resource, check_name, pack, unpack
 from ..state.router import NamespaceRouter
 from ..state.events import Record
+from ..state.txn import Op
 from ..wire import Reply, Request
 from . import access
 from .access import ADMIN, USER, Caller
@@ -34,7 +36,7 @@ from .status import STATUS_NAMESPACE, STATUS_TYPE
 
 log = logging.getLogger("cosihost.supervisor")
 
-WRITES = frozenset({"create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer",
+WRITES = frozenset({"create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer", "transaction",
                     "register", "update_inputs", "restart", "reload"})
 REPLY_CACHE = 4096
 
@@ -318,6 +320,44 @@ class Api:
     def op_remove_finalizer(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         return self._finalizers(caller, args, False, later)
 
+    def op_transaction(self, caller: Caller, args: dict[str, Any], later: Any) -> Any:
+        """Several writes applied together, each checked as its own verb would be."""
+        ops = [self._authorized(caller, op) for op in wire.decode_ops(args["ops"])]
+        if not ops:
+            return {"results": [], "heads": [], "keys": []}
+        kinds = sorted({(op.namespace, op.type) for op in ops})
+
+        def work() -> dict[str, Any]:
+            results = self.state.apply(ops)
+            return {"results": [_txn_result(r) for r in results],
+                    "heads": [[ns, typ, self.state.head(ns, typ)] for ns, typ in kinds],
+                    "keys": [[*key, self._blob_or_none(key)] for key in sorted({op.key for op in ops})]}
+
+        return self._off_loop(ops[0].namespace, later, work)
+
+    def _authorized(self, caller: Caller, op: Op) -> Op:
+        if op.verb in ("add_finalizer", "remove_finalizer"):
+            access.check_finalizers(caller, self.host.registry, op.namespace, op.type,
+                                    lambda: self._owner_or_none(op))
+            return op
+        owner = access.effective_owner(caller, op.owner or None)
+        access.check_write(caller, self.host.registry, op.namespace, op.type)
+        return dataclasses.replace(op, owner=owner)
+
+    def _blob_or_none(self, key: tuple[str, str, str]) -> bytes | None:
+        """What a key holds after a transaction, for the writer's cache."""
+        try:
+            return pack(self.state.get(*key))
+        except NotFoundError:
+            return None
+
+    def _owner_or_none(self, op: Op) -> str:
+        """The stored owner; "" when the transaction itself creates the resource."""
+        try:
+            return self.state.get(op.namespace, op.type, op.id).metadata.owner
+        except NotFoundError:
+            return ""
+
     # -- cache sync --------------------------------------------------------
     def op_snapshot(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         """The kind's items at one sequence number: ``[[id, blob], ...]``, the
@@ -434,3 +474,8 @@ class Api:
             raise AccessDeniedError("controllers cannot reload the supervisor")
         self.host.reload(later())
         raise Deferred
+
+
+def _txn_result(result: Any) -> Any:
+    """A transaction verb's result on the wire: a packed resource, a bool or None."""
+    return pack(result) if isinstance(result, Resource) else result

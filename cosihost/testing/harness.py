@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .. import wire
 from ..controller import INPUT_KINDS, Controller, Input, Output
 from ..errors import InvalidRequestError, NotFoundError
 from ..resource import Resource, pack, unpack
@@ -73,6 +74,12 @@ class _StateRequester:
     def __init__(self, state: InMemoryState) -> None:
         self.state = state
 
+    def _blob(self, key: tuple[str, str, str]) -> bytes | None:
+        try:
+            return pack(self.state.get(*key))
+        except NotFoundError:
+            return None
+
     def call(self, op: str, owner: str = "", **args: Any) -> Any:
         s = self.state
         if op == "create":
@@ -89,6 +96,11 @@ class _StateRequester:
         if op in ("add_finalizer", "remove_finalizer"):
             res = getattr(s, op)(*key, *args["finalizers"])
             return {"resource": pack(res), "seq": 0}
+        if op == "transaction":
+            ops = wire.decode_ops(args["ops"])
+            results = s.apply(ops)
+            keys = sorted({o.key for o in ops})
+            return {"results": results, "heads": [], "keys": [[*k, self._blob(k)] for k in keys]}
         if op == "owned_kinds":
             return [list(kind) for kind in s.owned_kinds(owner)]
         if op == "update_inputs":

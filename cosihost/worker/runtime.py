@@ -9,15 +9,20 @@ supervisor would send.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from typing import Any, Callable, Sequence
 
+from .. import wire
 from ..controller import Input, Output
 from ..errors import AccessDeniedError, NotFoundError
 from ..resource import Resource, pack, unpack
 from ..transport import Requester
+from ..state.inmemory import recorded_in_transaction
 from ..state.modify import modify_spec
+from ..state.txn import Key, Op, Transaction, open_transaction
 from .cache import Cache
 
 
@@ -48,6 +53,7 @@ class ControllerRuntime:
         self.counters = Counters()
         self.requeue_at: float | None = None
         self._tracking: set[tuple[str, str, str]] | None = None
+        self._local = threading.local()  # an open transaction
         #: Kinds where this process's earlier lives left outputs are synced
         #: into the cache before its first cleanup (then its own writes are).
         self._owned_synced = False
@@ -91,12 +97,14 @@ class ControllerRuntime:
             self._tracking.add(key)
         return reply
 
+    @recorded_in_transaction
     def create(self, resource: Resource) -> Resource:
         md = resource.metadata
         self._writable(md.type)
         reply = self._write("create", md.key(), resource=pack(resource))
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def update(self, resource: Resource, *, expected_phase: str | None = "running") -> Resource:
         md = resource.metadata
         self._writable(md.type)
@@ -104,6 +112,7 @@ class ControllerRuntime:
                             expected_phase=expected_phase)
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any]) -> Resource:
         """Read-modify-write from the cache; on a conflict, re-read and retry."""
         self._writable(type)
@@ -117,28 +126,65 @@ class ControllerRuntime:
     def _refresh(self, namespace: str, type: str) -> None:
         self._cache.resync(namespace, type, "write conflict")
 
+    @recorded_in_transaction
     def destroy(self, namespace: str, type: str, id: str) -> None:
         self._writable(type)
         self._write("destroy", (namespace, type, id), namespace=namespace, type=type, id=id)
 
+    @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str) -> bool:
         self._writable(type)
         return self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
                            id=id)["ready"]
 
-    def _finalizers(self, op: str, namespace: str, type: str, id: str, finalizers: tuple[str, ...]) -> Resource:
+    def _strong_input(self, namespace: str, type: str) -> None:
         if not any(i.namespace == namespace and i.type == type and i.kind == "strong" for i in self.inputs):
             raise AccessDeniedError(
                 f"{self.name} may change finalizers only on its strong inputs, not {namespace}/{type}")
+
+    def _finalizers(self, op: str, namespace: str, type: str, id: str, finalizers: tuple[str, ...]) -> Resource:
+        self._strong_input(namespace, type)
         reply = self._write(op, (namespace, type, id), namespace=namespace, type=type, id=id,
                             finalizers=list(finalizers))
         return unpack(reply["resource"])
 
+    @recorded_in_transaction
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         return self._finalizers("add_finalizer", namespace, type, id, finalizers)
 
+    @recorded_in_transaction
     def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
         return self._finalizers("remove_finalizer", namespace, type, id, finalizers)
+
+    # -- transactions ----------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """The writes inside the block go to the supervisor as one request on
+        exit, applied all or none; each returns what it will have written,
+        decided against this controller's cache. Afterwards the cache shows
+        them all, and the controller's next round sees the whole transaction."""
+        return open_transaction(self._local, read=self._cached, now=time.time, commit=self._commit,
+                                owner=self.name)
+
+    def _cached(self, key: Key) -> Resource | None:
+        self._readable(key[0], key[1])
+        return self._cache.get(*key)
+
+    def _commit(self, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        for op in ops:
+            if op.verb in ("add_finalizer", "remove_finalizer"):
+                self._strong_input(op.namespace, op.type)
+            else:
+                self._writable(op.type)
+            self._cache.ensure(op.namespace, op.type)
+        self.counters.writes += len(ops)
+        reply = self._req.call("transaction", ops=wire.encode_ops(ops))
+        heads = {(ns, typ): seq for ns, typ, seq in reply["heads"]}
+        for ns, typ, rid, blob in reply["keys"]:
+            self._cache.record_write(ns, typ, rid, heads.get((ns, typ), 0), blob)
+            if self._tracking is not None and any(o.type == typ for o in self.outputs):
+                self._tracking.add((ns, typ, rid))
 
     # -- declarations and scheduling ------------------------------------
     def update_inputs(self, inputs: Sequence[Input]) -> None:

@@ -18,12 +18,14 @@ the caller is told so rather than given a guess.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import time
+from typing import Any, Callable, Iterable, Sequence
 
 from ...errors import ConflictError, CosiError, InvalidRequestError, NotFoundError, UnavailableError
 from ...resource import PHASE_RUNNING, Resource, pack, unpack, validated_copy
 from ..events import Record
-from ..inmemory import _check_kind, _check_owner, _checked_finalizers, _incoming
+from ..inmemory import _check_kind, _check_owner, _checked_finalizers, _incoming, recorded_in_transaction
+from ..txn import Key, Op, play
 from ..modify import modify_spec
 from ..rules import check_destroy, created, finalizers_changed, torn_down, updated
 from . import keys
@@ -124,6 +126,7 @@ class EtcdState(Mirror):
             blob, rev, fresh = (kvs[0].value, kvs[0].mod_revision, True) if kvs else (None, 0, True)
 
     # -- writes ------------------------------------------------------------------
+    @recorded_in_transaction
     def create(self, resource: Resource, *, owner: str = "") -> Resource:
         res = _incoming(resource, owner)
         md = res.metadata
@@ -144,6 +147,7 @@ class EtcdState(Mirror):
             raise _unknown(names)
         raise ConflictError(f"resource {md.namespace}/{md.type}/{md.id} already exists")
 
+    @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str = "") -> Resource:
         """As :meth:`InMemoryState.modify`; after a conflict it reads from
@@ -165,6 +169,7 @@ class EtcdState(Mirror):
             create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
         return res
 
+    @recorded_in_transaction
     def update(self, resource: Resource, *, owner: str = "",
                expected_phase: str | None = PHASE_RUNNING) -> Resource:
         new = _incoming(resource, owner, expected_phase)
@@ -177,6 +182,7 @@ class EtcdState(Mirror):
 
         return _kept(self._write((md.namespace, md.type, md.id), decide))
 
+    @recorded_in_transaction
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         _check_kind(namespace, type, id)
         _check_owner(owner)
@@ -187,6 +193,7 @@ class EtcdState(Mirror):
 
         self._write((namespace, type, id), decide)
 
+    @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         _check_kind(namespace, type, id)
         _check_owner(owner)
@@ -209,7 +216,80 @@ class EtcdState(Mirror):
         return _kept(self._write((namespace, type, id), decide))
 
 
+    # -- transactions ----------------------------------------------------------------
+    #: Compare-and-swap rounds one transaction may lose to other writers.
+    TXN_ATTEMPTS = 16
+
+    def apply(self, ops: Sequence[Op]) -> list[Any]:
+        """One etcd Txn: every key compared on the revision its operations
+        were decided on, every net change written; lost to another writer,
+        decided again from etcd's values (the rules may then refuse)."""
+        if not ops:
+            return []
+        for op in ops:
+            self._check_namespace(op.namespace)
+        self._local.record = None
+        wanted = sorted({op.key for op in ops})
+        reads = {key: self._current(key, fresh=False) for key in wanted}
+        fresh = False
+        for _attempt in range(self.TXN_ATTEMPTS):
+            results, changes = play(ops, lambda k: _decoded(reads[k][0]), self._clock())
+            if not changes and fresh:
+                return results
+            if changes:
+                blobs = {key: None if res is None else pack(res) for key, res in changes.items()}
+                resp, maybe_applied = self._conn.call("KV", "Txn", self._txn_request(reads, blobs))
+                if resp.succeeded:
+                    self._await_revision(resp.header.revision)
+                    return results
+                if maybe_applied and self._holds(resp, wanted, blobs):
+                    self._await_revision(max(kv.mod_revision for r in resp.responses
+                                              for kv in r.response_range.kvs) if blobs else 0)
+                    return results
+                if maybe_applied:
+                    raise _unknown(("transaction", str(len(ops)), "operations"))
+            reads, fresh = {key: self._current(key, fresh=True) for key in wanted}, True
+        raise ConflictError(f"transaction of {len(ops)} operations lost {self.TXN_ATTEMPTS} times to "
+                            "other writers; try again")
+
+    def _txn_request(self, reads: dict[Key, tuple[bytes | None, int]], blobs: dict[Key, bytes | None]) -> Any:
+        m, compares, success, failure = self._m, [], [], []
+        for names, (_blob, rev) in reads.items():
+            key = keys.key(self._root, *names)
+            compares.append(m.Compare(result=EQUAL, target=TARGET_MOD, key=key, mod_revision=rev) if rev
+                            else m.Compare(result=EQUAL, target=TARGET_VERSION, key=key, version=0))
+            failure.append(m.RequestOp(request_range=m.RangeRequest(key=key)))
+        for names, blob in blobs.items():
+            key = keys.key(self._root, *names)
+            success.append(m.RequestOp(request_put=m.PutRequest(key=key, value=blob)) if blob is not None
+                           else m.RequestOp(request_delete_range=m.DeleteRangeRequest(key=key)))
+        return m.TxnRequest(compare=compares, success=success, failure=failure)
+
+    @staticmethod
+    def _holds(resp: Any, wanted: list[Key], blobs: dict[Key, bytes | None]) -> bool:
+        """Does etcd hold exactly what this transaction wrote (an earlier
+        attempt, whose answer was lost, applied it)?"""
+        now = {key: (r.response_range.kvs[0].value if r.response_range.kvs else None)
+               for key, r in zip(wanted, resp.responses)}
+        return all(now.get(key) == blob for key, blob in blobs.items())
+
+    def _await_revision(self, rev: int) -> None:
+        """Wait until the watch has applied revision ``rev`` to the mirror, so
+        that reads after the transaction see it (as after any write)."""
+        deadline = time.monotonic() + self.config.timeout
+        with self._applying:
+            while self._applied < rev and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._applying.wait(remaining)
+
+
 def _kept(res: Resource | None) -> Resource:
     """What a write that keeps its resource returned (only a destroy returns None)."""
     assert res is not None, "a write that keeps its resource returns it"
     return res
+
+
+def _decoded(blob: bytes | None) -> Resource | None:
+    return None if blob is None else unpack(blob)

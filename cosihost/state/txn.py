@@ -1,0 +1,221 @@
+"""Transactions: several writes that apply together or not at all.
+
+A controller that replaces one output by another, or a user applying a
+file of resources, must never leave the state showing half of the change;
+and one commit (one lock round, one fsync, one request over the wire) is
+also the cheapest way to move many writes. So every backend takes a list
+of :class:`Op` and applies it atomically, deciding each operation with the
+same rules (:mod:`cosihost.state.rules`) as a single write.
+
+Inside ``with state.transaction() as txn:`` the write verbs, called on the
+transaction or on the state itself from the same thread, are checked and
+recorded, and return what they will have written; the whole list is
+applied on exit, or nothing is when the block raises. Reads inside the
+block see the committed state; ``modify`` sees the transaction's own
+earlier writes. A key written several times is stored once, as its last
+write leaves it, with one event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import ConflictError, InvalidRequestError, NotFoundError
+from ..resource import PHASE_RUNNING, Resource, check_name, check_phase, check_strings, validated_copy
+from .modify import modify_spec
+from .rules import check_destroy, created, finalizers_changed, torn_down, updated
+
+Key = tuple[str, str, str]
+#: What an operation does to the stored resource: the new one, None (gone) or KEEP.
+KEEP: Any = object()
+VERBS = ("create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer")
+#: Most operations one transaction may carry (an etcd Txn allows 128 by default).
+MAX_OPS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One write of a transaction."""
+
+    verb: str
+    namespace: str
+    type: str
+    id: str
+    resource: Resource | None = None
+    owner: str = ""
+    expected_phase: str | None = PHASE_RUNNING
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.type, self.id)
+
+    @classmethod
+    def write(cls, verb: str, resource: Resource, *, owner: str = "",
+              expected_phase: str | None = PHASE_RUNNING) -> "Op":
+        """A create or an update, its resource validated and copied."""
+        res = validated_copy(resource)
+        md = res.metadata
+        return cls(verb, md.namespace, md.type, md.id, res, _owner(owner), expected_phase).checked()
+
+    def checked(self) -> "Op":
+        if self.verb not in VERBS:
+            raise InvalidRequestError(f"transaction: unknown operation {self.verb!r} ({', '.join(VERBS)})")
+        for field in ("namespace", "type", "id"):
+            check_name(field, getattr(self, field))
+        if self.expected_phase is not None:
+            check_phase(self.expected_phase, field="expected_phase")
+        check_strings("finalizers", self.finalizers)
+        return self
+
+
+def _owner(owner: Any) -> str:
+    if not isinstance(owner, str):
+        raise InvalidRequestError(f"owner must be a string, not {type(owner).__name__}")
+    return owner
+
+
+def decide(op: Op, cur: Resource | None, now: float) -> Any:
+    """What ``op`` leaves in place of ``cur`` (a copy it may change): a
+    Resource, None for gone, or KEEP; or the COSI error that forbids it."""
+    if op.verb == "create":
+        if cur is not None:
+            raise ConflictError(f"resource {op.namespace}/{op.type}/{op.id} already exists")
+        assert op.resource is not None
+        return created(validated_copy(op.resource), owner=op.owner, now=now)
+    if cur is None:
+        raise NotFoundError(f"resource {op.namespace}/{op.type}/{op.id} doesn't exist")
+    if op.verb == "update":
+        assert op.resource is not None
+        return updated(cur, validated_copy(op.resource), owner=op.owner, expected_phase=op.expected_phase,
+                       now=now)
+    if op.verb == "destroy":
+        check_destroy(cur, op.owner)
+        return None
+    if op.verb == "teardown":
+        return cur if torn_down(cur, op.owner, now) else KEEP
+    return cur if finalizers_changed(cur, op.finalizers, add=op.verb == "add_finalizer", now=now) else KEEP
+
+
+def result_of(op: Op, after: Resource | None) -> Any:
+    """What the verb returns, given the resource as ``op`` left it."""
+    if op.verb == "destroy":
+        return None
+    assert after is not None
+    if op.verb == "teardown":
+        return not after.metadata.finalizers
+    return validated_copy(after)
+
+
+def play(ops: Sequence[Op], current: Callable[[Key], Resource | None], now: float, *,
+         first: int = 1) -> tuple[list[Any], dict[Key, Resource | None]]:
+    """Decide every operation in order, each seeing the ones before it.
+
+    Returns the verbs' results and the net change per key (only keys whose
+    stored value changes). Raises the first operation's error, naming it
+    (operations are numbered from ``first``).
+    """
+    if len(ops) > MAX_OPS:
+        raise InvalidRequestError(f"transaction: {len(ops)} operations, more than {MAX_OPS}")
+    staged: dict[Key, Resource | None] = {}
+    changed: set[Key] = set()
+    results = []
+    for index, op in enumerate(ops, start=first):
+        cur = staged[op.key] if op.key in staged else current(op.key)
+        try:
+            out = decide(op, None if cur is None else validated_copy(cur), now)
+        except (ConflictError, NotFoundError, InvalidRequestError) as exc:
+            exc.args = (f"transaction operation {index} ({op.verb} {'/'.join(op.key)}): {exc}",)
+            raise
+        if out is not KEEP:
+            staged[op.key] = out
+            changed.add(op.key)
+        results.append(result_of(op, staged.get(op.key, cur)))
+    return results, {key: staged[key] for key in sorted(changed)}
+
+
+class Transaction:
+    """Writes recorded now, applied together when the block ends."""
+
+    def __init__(self, *, read: Callable[[Key], Resource | None], now: Callable[[], float],
+                 owner: str = "") -> None:
+        self.ops: list[Op] = []
+        #: Who writes when a verb names no owner (a controller's ``rt``: itself).
+        self.owner = owner
+        self._read = read
+        self._now = now
+        self._staged: dict[Key, Resource | None] = {}
+
+    def _who(self, owner: str | None) -> str:
+        return self.owner if owner is None else _owner(owner)
+
+    def _current(self, key: Key) -> Resource | None:
+        return self._staged[key] if key in self._staged else self._read(key)
+
+    def _record(self, op: Op) -> Any:
+        results, changes = play([op], self._current, self._now(), first=len(self.ops) + 1)
+        self.ops.append(op)
+        self._staged.update(changes)
+        return results[0]
+
+    def create(self, resource: Resource, *, owner: str | None = None) -> Resource:
+        result: Resource = self._record(Op.write("create", resource, owner=self._who(owner)))
+        return result
+
+    def update(self, resource: Resource, *, owner: str | None = None,
+               expected_phase: str | None = PHASE_RUNNING) -> Resource:
+        result: Resource = self._record(Op.write("update", resource, owner=self._who(owner),
+                                                 expected_phase=expected_phase))
+        return result
+
+    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
+               owner: str | None = None) -> Resource:
+        owner = self._who(owner)
+        def get(ns: str, typ: str, rid: str) -> Resource:
+            found = self._current((ns, typ, rid))
+            if found is None:
+                raise NotFoundError(f"resource {ns}/{typ}/{rid} doesn't exist")
+            return validated_copy(found)
+
+        res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=get,
+                             create=lambda r: self.create(r, owner=owner),
+                             update=lambda r: self.update(r, owner=owner))
+        return res
+
+    def destroy(self, namespace: str, type: str, id: str, *, owner: str | None = None) -> None:
+        self._record(Op("destroy", namespace, type, id, owner=self._who(owner)).checked())
+
+    def teardown(self, namespace: str, type: str, id: str, *, owner: str | None = None) -> bool:
+        ready: bool = self._record(Op("teardown", namespace, type, id, owner=self._who(owner)).checked())
+        return ready
+
+    def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        result: Resource = self._record(Op("add_finalizer", namespace, type, id,
+                                           finalizers=tuple(finalizers)).checked())
+        return result
+
+    def remove_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:
+        result: Resource = self._record(Op("remove_finalizer", namespace, type, id,
+                                           finalizers=tuple(finalizers)).checked())
+        return result
+
+
+
+@contextlib.contextmanager
+def open_transaction(local: threading.local, *, read: Callable[[Key], Resource | None],
+                     now: Callable[[], float], commit: Callable[[list[Op]], Any],
+                     owner: str = "") -> Iterator[Transaction]:
+    """The ``transaction()`` of a state implementation: record in this
+    thread (``local.txn``), then ``commit`` the operations, unless the block raised."""
+    if getattr(local, "txn", None) is not None:
+        raise InvalidRequestError("a transaction is already open in this thread")
+    txn = Transaction(read=read, now=now, owner=owner)
+    local.txn = txn
+    try:
+        yield txn
+    finally:
+        local.txn = None
+    commit(txn.ops)
