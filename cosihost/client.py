@@ -26,7 +26,7 @@ from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
-from .state.txn import Key, Op, Transaction, open_transaction
+from .state.txn import Op, Transaction, committed, open_transaction
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
@@ -99,13 +99,7 @@ class Client:
         from this thread) go to the supervisor as one request on exit, which
         applies them all or none. Each returns what it will have written,
         decided against the supervisor's current state."""
-        return open_transaction(self._local, read=self._committed, now=time.time, commit=self.apply)
-
-    def _committed(self, key: Key) -> Resource | None:
-        try:
-            return self.get(*key)
-        except NotFoundError:
-            return None
+        return open_transaction(self._local, read=committed(self.get), now=time.time, commit=self.apply)
 
     def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
         """Send ``ops`` as one transaction; each verb's result, as the supervisor decided it."""

@@ -26,7 +26,7 @@ from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, Hi
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
-from .txn import Key, Op, Transaction, open_transaction, play
+from .txn import Key, Op, Transaction, committed, open_transaction, play
 
 DEFAULT_HISTORY = 8192
 
@@ -362,18 +362,11 @@ class InMemoryState:
                 self._commit(coll, cur, id, UPDATED, old)
         return cur
 
-    # -- watches ---------------------------------------------------------
     # -- transactions ------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """The writes inside the block (on the transaction, or on this state
         from this thread) apply atomically on exit; none if it raises."""
-        return open_transaction(self._local, read=self._committed, now=self._clock, commit=self.apply)
-
-    def _committed(self, key: Key) -> Resource | None:
-        try:
-            return self.get(*key)
-        except NotFoundError:
-            return None
+        return open_transaction(self._local, read=committed(self.get), now=self._clock, commit=self.apply)
 
     def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
         """Apply ``ops`` all together or not at all; each verb's result, in order."""
@@ -412,6 +405,7 @@ class InMemoryState:
         for coll, rid, kind, old, blob in entries:
             self._remember(coll, rid, kind, old, blob)
 
+    # -- watches ---------------------------------------------------------
     def watch(self, namespace: str, type: str, id: str) -> Watch:
         """The resource's current state (or a ``destroyed`` tombstone), then its changes."""
         _check_kind(namespace, type, id)

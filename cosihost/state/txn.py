@@ -204,6 +204,16 @@ class Transaction:
 
 
 
+def committed(get: Callable[[str, str, str], Resource]) -> Callable[[Key], Resource | None]:
+    """A transaction's reader of the committed state, from a ``get`` verb."""
+    def read(key: Key) -> Resource | None:
+        try:
+            return get(*key)
+        except NotFoundError:
+            return None
+    return read
+
+
 @contextlib.contextmanager
 def open_transaction(local: threading.local, *, read: Callable[[Key], Resource | None],
                      now: Callable[[], float], commit: Callable[[list[Op]], Any],
