@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from . import wire
-from .errors import CosiError, InvalidRequestError, NotFoundError, OverrunError, UnavailableError
+from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
 from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
