@@ -92,7 +92,8 @@ def _named(cls, cls_name, name):
 def writer(cls_name, name, link, run, index):
     """On each new run: ``warmup`` writes, then ``n`` sequential rt.modify of
     one resource (paced every ``period_ns`` if given, from ``start_at_ns``
-    if given), recording when each was issued and acknowledged."""
+    if given), recording when each was issued and acknowledged; or, with
+    ``batch``, the ``n`` writes in transactions of ``batch`` resources each."""
     from benchmarks.payload import make_spec
     base = make_spec(index)
 
@@ -108,12 +109,14 @@ def writer(cls_name, name, link, run, index):
             self.go = go = spec["go"]
             n, period, last = spec["n"], spec.get("period_ns", 0), spec["n"] - 1
 
-            def write(seq, t):
+            batch = spec.get("batch", 0)
+
+            def write(seq, t, rid="link"):
                 def fn(s):
                     if not s:
                         s.update(base)
                     s.update(seq=seq, t=t, go=go, last=last)
-                rt.modify(NS, link, "link", fn)
+                rt.modify(NS, link, rid, fn)
 
             for i in range(spec.get("warmup", 0)):
                 write(-1 - i, 0)
@@ -123,7 +126,20 @@ def writer(cls_name, name, link, run, index):
             issued, acked = array("q"), array("q")
             cpu = time.process_time_ns()
 
+            def batched():
+                for first in range(0, n, batch):
+                    t = time.monotonic_ns()
+                    count = min(batch, n - first)
+                    with rt.transaction():
+                        for j in range(count):
+                            write(first + j, t, f"link{j}")
+                    done = time.monotonic_ns()
+                    issued.extend([t] * count)
+                    acked.extend([done] * count)
+
             def measured():
+                if batch:
+                    return batched()
                 for seq in range(n):
                     if period:
                         wait = start + seq * period - time.monotonic_ns()

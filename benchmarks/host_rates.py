@@ -4,6 +4,9 @@
   controller process (one link status, ~430 bytes packed); baseline: a raw
   REQ/REP round trip of the same request and reply between two processes
   over ipc, msgpack-decoded on both sides.
+- ``txn_write_rate``: writes per second from one controller in
+  transactions of 64 ``rt.modify`` each (64 link statuses); baseline: the
+  same raw REQ/REP round trips of single writes as ``write_rate``.
 - ``aggregate_write_rate``: writes per second of 16 writer controllers
   started together, each modifying a link status of its own output type;
   baseline: raw DEALER/ROUTER with 64 requests in flight.
@@ -27,13 +30,15 @@ from .report import Figure
 
 WRITERS = 16
 INFLIGHT = 64
+#: Writes per transaction in ``txn_write_rate``.
+TXN = 64
 
 
 def run(quick: bool) -> list[Figure]:
     n = 2_000 if quick else 20_000
     per_writer = 300 if quick else 2_000
     repeat = 2 if quick else 3
-    return [write_rate(n, repeat), aggregate_write_rate(per_writer, repeat)]
+    return [write_rate(n, repeat), txn_write_rate(n, repeat), aggregate_write_rate(per_writer, repeat)]
 
 
 class Pass:
@@ -91,6 +96,21 @@ def write_rate(n: int, repeat: int) -> Figure:
                   note=f"{n:,} sequential rt.modify of one resource from one controller, best of "
                        f"{repeat}; {host}; baseline: raw REQ/REP round trips (same request and reply "
                        f"frames, msgpack both sides), {raw}")
+
+
+def txn_write_rate(n: int, repeat: int) -> Figure:
+    n = n // TXN * TXN
+    with Processes() as procs:
+        raw = best([raw_pass(procs, "rep", "req", n) for _ in range(repeat)])
+        entry = writers(1, run="txn")
+        sup = procs.supervisor(bench=controller_module(writer=entry))
+        names = [entry[0]["name"]]
+        with sup.client() as client:
+            host = best([host_pass(sup, client, "txn", names, n, n=n, warmup=200, batch=TXN)
+                         for _ in range(repeat)])
+    return Figure("txn_write_rate", host.rate, "writes/s", raw.rate, target=1.0, goal="ratio>=",
+                  note=f"{n:,} rt.modify from one controller in transactions of {TXN} resources, best of "
+                       f"{repeat}; {host}; baseline: raw REQ/REP round trips of single writes, {raw}")
 
 
 def aggregate_write_rate(per_writer: int, repeat: int) -> Figure:

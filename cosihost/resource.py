@@ -200,6 +200,20 @@ def _validated(res: Any) -> tuple[bytes, Resource]:
     decode into Python (a dict keyed by tuples comes back keyed by lists),
     and such a spec must be refused here, not fail in every later reader.
     """
+    check_resource(res)
+    blob = pack(res)
+    if len(blob) > MAX_RESOURCE_BYTES:
+        raise InvalidRequestError(
+            f"spec: the resource is {len(blob)} bytes packed, over the {MAX_RESOURCE_BYTES} limit")
+    try:
+        copy = unpack(blob)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"spec cannot be decoded from msgpack: {exc}") from None
+    return blob, copy
+
+
+def check_resource(res: Any) -> None:
+    """The checks of a caller's resource that need no encoding."""
     if not isinstance(res, Resource):
         raise InvalidRequestError(f"expected a Resource, got {type(res).__name__}")
     md = res.metadata
@@ -214,15 +228,11 @@ def _validated(res: Any) -> tuple[bytes, Resource]:
     check_phase(md.phase)
     if not isinstance(md.version, int) or isinstance(md.version, bool):
         raise InvalidRequestError("version must be an integer")
-    blob = pack(res)
-    if len(blob) > MAX_RESOURCE_BYTES:
-        raise InvalidRequestError(
-            f"spec: the resource is {len(blob)} bytes packed, over the {MAX_RESOURCE_BYTES} limit")
-    try:
-        copy = unpack(blob)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"spec cannot be decoded from msgpack: {exc}") from None
-    return blob, copy
+
+
+def validated(res: Any) -> tuple[bytes, Resource]:
+    """Check a caller's resource; its packed form and a decoded copy."""
+    return _validated(res)
 
 
 def validate(res: Any) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import msgpack
 
 from .errors import CosiError, InvalidRequestError
-from .resource import pack, unpack
+from .resource import pack
 from .state.txn import MAX_OPS, Op
 
 PROTOCOL = 1
@@ -221,7 +221,8 @@ def decode_published(body: bytes) -> EventMessage | ProbeMessage:
 def encode_ops(ops: Sequence[Op]) -> list[dict[str, Any]]:
     """A transaction's operations as the ``ops`` argument of ``transaction``."""
     return [{"verb": op.verb, "namespace": op.namespace, "type": op.type, "id": op.id,
-             "resource": None if op.resource is None else pack(op.resource), "owner": op.owner,
+             "resource": op.blob if op.blob is not None else None if op.resource is None else pack(op.resource),
+             "owner": op.owner,
              "expected_phase": op.expected_phase, "finalizers": list(op.finalizers)} for op in ops]
 
 
@@ -244,7 +245,7 @@ def _decode_op(index: int, item: Any) -> Op:
             blob = item.get("resource")
             if not isinstance(blob, bytes):
                 raise InvalidRequestError("resource must be a packed resource")
-            return Op.write(verb, unpack(blob), owner=owner if owner is not None else "", expected_phase=phase)
+            return Op.from_blob(verb, blob, owner=owner if owner is not None else "", expected_phase=phase)
         fins = item.get("finalizers") or []
         if not isinstance(fins, list) or not all(isinstance(f, str) and f for f in fins):
             raise InvalidRequestError("finalizers must be a list of non-empty strings")

@@ -368,8 +368,9 @@ class InMemoryState:
         from this thread) apply atomically on exit; none if it raises."""
         return open_transaction(self._local, read=committed(self.get), now=self._clock, commit=self.apply)
 
-    def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
-        """Apply ``ops`` all together or not at all; each verb's result, in order."""
+    def apply(self, ops: Sequence[Op], *, written: dict[Key, bytes | None] | None = None) -> builtins.list[Any]:
+        """Apply ``ops`` all together or not at all; each verb's result, in
+        order. ``written`` gets what each changed key now holds (None: gone)."""
         if not ops:
             return []
         kinds = sorted({(op.namespace, op.type) for op in ops})
@@ -383,11 +384,11 @@ class InMemoryState:
                 return None if blob is None else unpack(blob)
 
             results, changes = play(ops, current, self._clock())
-            self._commit_changes(colls, changes)
+            self._commit_changes(colls, changes, written)
         return results
 
-    def _commit_changes(self, colls: dict[tuple[str, str], Collection],
-                        changes: dict[Key, Resource | None]) -> None:
+    def _commit_changes(self, colls: dict[tuple[str, str], Collection], changes: dict[Key, Resource | None],
+                        written: dict[Key, bytes | None] | None) -> None:
         """Net changes of a transaction: the store in one commit, then memory."""
         entries = []
         for (namespace, type, rid), res in sorted(changes.items()):
@@ -399,6 +400,8 @@ class InMemoryState:
             blob = old if res is None else pack(res)
             assert blob is not None
             entries.append((coll, rid, kind, old, blob))
+            if written is not None:
+                written[namespace, type, rid] = None if res is None else blob
         if self._store is not None:
             self._store.write_many([(c.namespace, c.type, rid, None if kind == DESTROYED else blob)
                                     for c, rid, kind, _old, blob in entries if self._store.persists(c.namespace)])

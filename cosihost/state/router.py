@@ -17,7 +17,7 @@ from ..errors import InvalidRequestError, UnavailableError
 from ..resource import Resource
 from .events import Record
 from .inmemory import InMemoryState
-from .txn import Op
+from .txn import Key, Op
 
 
 class NamespaceRouter:
@@ -111,7 +111,7 @@ class NamespaceRouter:
     def records_since(self, namespace: str, type: str, seq: int) -> builtins.list[Record] | None:
         return self.backend(namespace).records_since(namespace, type, seq)
 
-    def apply(self, ops: Sequence[Op]) -> builtins.list[Any]:
+    def apply(self, ops: Sequence[Op], *, written: dict[Key, bytes | None] | None = None) -> builtins.list[Any]:
         """A transaction, applied by the one backend that keeps all its namespaces.
 
         One spanning an etcd namespace and a local one (or two etcd clusters)
@@ -123,7 +123,7 @@ class NamespaceRouter:
             where = ", ".join(sorted({ns for _b, ns in backends.values()}))
             raise InvalidRequestError(f"a transaction cannot span namespaces kept in different places "
                                       f"(etcd and this host, or two etcd clusters): {where}")
-        return next(iter(backends.values()))[0].apply(ops) if backends else []
+        return next(iter(backends.values()))[0].apply(ops, written=written) if backends else []
 
     def owned_kinds(self, owner: str, types: Iterable[str]) -> builtins.list[tuple[str, str]]:
         """Every backend's kinds where ``owner`` owns something (those not reached yet have none to tell)."""

@@ -24,7 +24,8 @@ import threading
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
-from ..resource import PHASE_RUNNING, Resource, check_name, check_phase, check_strings, validated_copy
+from ..resource import (MAX_RESOURCE_BYTES, PHASE_RUNNING, Resource, check_name, check_phase, check_resource,
+                        check_strings, unpack, validated, validated_copy)
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 
@@ -45,6 +46,8 @@ class Op:
     type: str
     id: str
     resource: Resource | None = None
+    #: The resource packed (create and update): what ``decide`` starts from.
+    blob: bytes | None = None
     owner: str = ""
     expected_phase: str | None = PHASE_RUNNING
     finalizers: tuple[str, ...] = ()
@@ -57,9 +60,25 @@ class Op:
     def write(cls, verb: str, resource: Resource, *, owner: str = "",
               expected_phase: str | None = PHASE_RUNNING) -> "Op":
         """A create or an update, its resource validated and copied."""
-        res = validated_copy(resource)
+        blob, res = validated(resource)
         md = res.metadata
-        return cls(verb, md.namespace, md.type, md.id, res, _owner(owner), expected_phase).checked()
+        return cls(verb, md.namespace, md.type, md.id, res, blob, _owner(owner), expected_phase).checked()
+
+    @classmethod
+    def from_blob(cls, verb: str, blob: bytes, *, owner: str = "",
+                  expected_phase: str | None = PHASE_RUNNING) -> "Op":
+        """A create or an update from a packed resource (off the wire): decoded
+        and checked once, not encoded again."""
+        if len(blob) > MAX_RESOURCE_BYTES:
+            raise InvalidRequestError(f"spec: the resource is {len(blob)} bytes packed, "
+                                      f"over the {MAX_RESOURCE_BYTES} limit")
+        try:
+            res = unpack(blob)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"resource cannot be decoded: {exc}") from None
+        check_resource(res)
+        md = res.metadata
+        return cls(verb, md.namespace, md.type, md.id, res, blob, _owner(owner), expected_phase).checked()
 
     def checked(self) -> "Op":
         if self.verb not in VERBS:
@@ -84,14 +103,13 @@ def decide(op: Op, cur: Resource | None, now: float) -> Any:
     if op.verb == "create":
         if cur is not None:
             raise ConflictError(f"resource {op.namespace}/{op.type}/{op.id} already exists")
-        assert op.resource is not None
-        return created(validated_copy(op.resource), owner=op.owner, now=now)
+        assert op.blob is not None
+        return created(unpack(op.blob), owner=op.owner, now=now)
     if cur is None:
         raise NotFoundError(f"resource {op.namespace}/{op.type}/{op.id} doesn't exist")
     if op.verb == "update":
-        assert op.resource is not None
-        return updated(cur, validated_copy(op.resource), owner=op.owner, expected_phase=op.expected_phase,
-                       now=now)
+        assert op.blob is not None
+        return updated(cur, unpack(op.blob), owner=op.owner, expected_phase=op.expected_phase, now=now)
     if op.verb == "destroy":
         check_destroy(cur, op.owner)
         return None
@@ -101,13 +119,14 @@ def decide(op: Op, cur: Resource | None, now: float) -> Any:
 
 
 def result_of(op: Op, after: Resource | None) -> Any:
-    """What the verb returns, given the resource as ``op`` left it."""
+    """What the verb returns, given the resource as ``op`` left it (never
+    changed afterwards: each operation decides on a copy of it)."""
     if op.verb == "destroy":
         return None
     assert after is not None
     if op.verb == "teardown":
         return not after.metadata.finalizers
-    return validated_copy(after)
+    return after
 
 
 def play(ops: Sequence[Op], current: Callable[[Key], Resource | None], now: float, *,
@@ -124,9 +143,13 @@ def play(ops: Sequence[Op], current: Callable[[Key], Resource | None], now: floa
     changed: set[Key] = set()
     results = []
     for index, op in enumerate(ops, start=first):
-        cur = staged[op.key] if op.key in staged else current(op.key)
+        if op.key in staged:  # decided before: decide on a copy, the earlier result stays as it was
+            cur = staged[op.key]
+            mine = None if cur is None else validated_copy(cur)
+        else:
+            cur = mine = current(op.key)  # a fresh object: nobody else holds it
         try:
-            out = decide(op, None if cur is None else validated_copy(cur), now)
+            out = decide(op, mine, now)
         except (ConflictError, NotFoundError, InvalidRequestError) as exc:
             exc.args = (f"transaction operation {index} ({op.verb} {'/'.join(op.key)}): {exc}",)
             raise
@@ -153,7 +176,11 @@ class Transaction:
         return self.owner if owner is None else _owner(owner)
 
     def _current(self, key: Key) -> Resource | None:
-        return self._staged[key] if key in self._staged else self._read(key)
+        """A fresh object (play may change it): what the key holds so far."""
+        if key not in self._staged:
+            return self._read(key)
+        staged = self._staged[key]
+        return None if staged is None else validated_copy(staged)
 
     def _record(self, op: Op) -> Any:
         results, changes = play([op], self._current, self._now(), first=len(self.ops) + 1)
@@ -178,7 +205,7 @@ class Transaction:
             found = self._current((ns, typ, rid))
             if found is None:
                 raise NotFoundError(f"resource {ns}/{typ}/{rid} doesn't exist")
-            return validated_copy(found)
+            return found
 
         res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=get,
                              create=lambda r: self.create(r, owner=owner),

@@ -327,11 +327,16 @@ class Api:
             return {"results": [], "heads": [], "keys": []}
         kinds = sorted({(op.namespace, op.type) for op in ops})
 
+        want_results = args.get("results", True) is not False
+
         def work() -> dict[str, Any]:
-            results = self.state.apply(ops)
-            return {"results": [_txn_result(r) for r in results],
+            written: dict[tuple[str, str, str], bytes | None] = {}
+            results = self.state.apply(ops, written=written)
+            keys = sorted({op.key for op in ops})
+            return {"results": [_txn_result(r) for r in results] if want_results else None,
                     "heads": [[ns, typ, self.state.head(ns, typ)] for ns, typ in kinds],
-                    "keys": [[*key, self._blob_or_none(key)] for key in sorted({op.key for op in ops})]}
+                    "keys": [[*key, written[key] if key in written else self._blob_or_none(key)]
+                             for key in keys]}
 
         return self._off_loop(ops[0].namespace, later, work)
 

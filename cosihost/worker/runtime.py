@@ -179,7 +179,7 @@ class ControllerRuntime:
                 self._writable(op.type)
             self._cache.ensure(op.namespace, op.type)
         self.counters.writes += len(ops)
-        reply = self._req.call("transaction", ops=wire.encode_ops(ops))
+        reply = self._req.call("transaction", ops=wire.encode_ops(ops), results=False)
         heads = {(ns, typ): seq for ns, typ, seq in reply["heads"]}
         for ns, typ, rid, blob in reply["keys"]:
             self._cache.record_write(ns, typ, rid, heads.get((ns, typ), 0), blob)

@@ -220,7 +220,7 @@ class EtcdState(Mirror):
     #: Compare-and-swap rounds one transaction may lose to other writers.
     TXN_ATTEMPTS = 16
 
-    def apply(self, ops: Sequence[Op]) -> list[Any]:
+    def apply(self, ops: Sequence[Op], *, written: dict[Key, bytes | None] | None = None) -> list[Any]:
         """One etcd Txn: every key compared on the revision its operations
         were decided on, every net change written; lost to another writer,
         decided again from etcd's values (the rules may then refuse)."""
@@ -239,6 +239,8 @@ class EtcdState(Mirror):
             if changes:
                 blobs = {key: None if res is None else pack(res) for key, res in changes.items()}
                 resp, maybe_applied = self._conn.call("KV", "Txn", self._txn_request(reads, blobs))
+                if written is not None:
+                    written.update(blobs)
                 if resp.succeeded:
                     self._await_revision(resp.header.revision)
                     return results
