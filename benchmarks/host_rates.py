@@ -83,15 +83,21 @@ def host_pass(sup: SupervisorProcess, client: Client, run: str, names: list[str]
     return Pass(ops, (end - start) / 1e9, server_cpu, sum(r["cpu_ns"] for r in got.values()) / 1e9)
 
 
-def write_rate(n: int, repeat: int) -> Figure:
+def one_writer(n: int, repeat: int, *, batch: int = 0) -> tuple[Pass, Pass]:
+    """One writer controller (in transactions of ``batch``, if given) and raw REQ/REP."""
+    run = "txn" if batch else "single"
     with Processes() as procs:
         raw = best([raw_pass(procs, "rep", "req", n) for _ in range(repeat)])
-        entry = writers(1, run="single")
+        entry = writers(1, run=run)
         sup = procs.supervisor(bench=controller_module(writer=entry))
-        names = [entry[0]["name"]]
         with sup.client() as client:
-            host = best([host_pass(sup, client, "single", names, n, n=n, warmup=200)
+            host = best([host_pass(sup, client, run, [entry[0]["name"]], n, n=n, warmup=200, batch=batch)
                          for _ in range(repeat)])
+    return host, raw
+
+
+def write_rate(n: int, repeat: int) -> Figure:
+    host, raw = one_writer(n, repeat)
     return Figure("write_rate", host.rate, "writes/s", raw.rate, target=0.75, goal="ratio>=",
                   note=f"{n:,} sequential rt.modify of one resource from one controller, best of "
                        f"{repeat}; {host}; baseline: raw REQ/REP round trips (same request and reply "
@@ -100,14 +106,7 @@ def write_rate(n: int, repeat: int) -> Figure:
 
 def txn_write_rate(n: int, repeat: int) -> Figure:
     n = n // TXN * TXN
-    with Processes() as procs:
-        raw = best([raw_pass(procs, "rep", "req", n) for _ in range(repeat)])
-        entry = writers(1, run="txn")
-        sup = procs.supervisor(bench=controller_module(writer=entry))
-        names = [entry[0]["name"]]
-        with sup.client() as client:
-            host = best([host_pass(sup, client, "txn", names, n, n=n, warmup=200, batch=TXN)
-                         for _ in range(repeat)])
+    host, raw = one_writer(n, repeat, batch=TXN)
     return Figure("txn_write_rate", host.rate, "writes/s", raw.rate, target=1.0, goal="ratio>=",
                   note=f"{n:,} rt.modify from one controller in transactions of {TXN} resources, best of "
                        f"{repeat}; {host}; baseline: raw REQ/REP round trips of single writes, {raw}")
