@@ -50,6 +50,7 @@ from . import limits as limits_mod
 from . import processes
 from .access import ADMIN, USER, Caller
 from .api import Api
+from .metrics import Figures
 from .registry import Registry
 from .remote import RemoteWrites
 from .sdnotify import Notifier
@@ -100,6 +101,15 @@ class Supervisor:
         self._subs_unaligned = False
         self._refusals_logged: set[tuple[str, bytes]] = set()
         self._etcd: list[Any] = []
+        #: Each etcd namespace (as configured) and the state that keeps it.
+        self._etcd_namespaces: dict[str, Any] = {}
+        #: Events published so far (always counted: one increment).
+        self.published = 0
+        #: What the loop counts for metrics; None when they are not served.
+        self.metrics = Figures(self._wake) if settings.metrics_listen is not None else None
+        self.metrics_address: str | None = None
+        self._exporter: Any = None
+        self._monitor: zmq.Socket | None = None
 
     # -- setup -----------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -127,6 +137,8 @@ class Supervisor:
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
+        if self.metrics is not None:
+            self.api.stats = self.metrics.requests
         self.status.definitions(supervisor_declaration())
 
     def _remote_namespaces(self) -> dict[str, Any]:
@@ -150,6 +162,7 @@ class Supervisor:
                            on_event=self.remote.on_event, wait=False)
             self._etcd.append(st)
             out.update(dict.fromkeys(names, st))
+            self._etcd_namespaces.update(dict.fromkeys(names, st))
             log.info("namespaces %s kept in etcd at %s (%s)", ", ".join(sorted(names)),
                      ", ".join(config.endpoints), f"revision {st.applied}" if st.ready else st.not_ready)
         return out
@@ -176,6 +189,8 @@ class Supervisor:
             path = rd / name
             if path.exists():
                 path.unlink()  # stale, from a supervisor that died; the lock says none runs
+        if self.metrics is not None:  # before the bind: every connection is seen
+            self._monitor = self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
 
@@ -201,6 +216,7 @@ class Supervisor:
     def _publish(self, namespace: str, type: str, record: Record) -> None:
         msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.mark_rev)
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
+        self.published += 1
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
@@ -332,6 +348,8 @@ class Supervisor:
 
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
+        if self.metrics is not None:
+            self.metrics.heartbeat(caller.name, args)
         self._check_ready()
 
     def update_inputs(self, caller: Any, inputs: Any) -> None:
@@ -405,6 +423,7 @@ class Supervisor:
             self._bind()
             self._install_signals()
             self._build_state()
+            self._start_metrics()
             log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
             if not self.settings.controllers_dir.is_dir():
                 log.warning("controllers folder %s does not exist: no controllers until it does "
@@ -416,12 +435,37 @@ class Supervisor:
             self._close()
         return 0
 
+    # -- metrics -------------------------------------------------------------------
+    def _start_metrics(self) -> None:
+        """Serve metrics over HTTP (prometheus-client is imported only now)."""
+        if self.metrics is None or self.settings.metrics_listen is None:
+            return
+        try:
+            from .exporter import Exporter
+        except ImportError as exc:
+            raise InvalidRequestError(f"metrics need prometheus-client ({exc.name} is missing): "
+                                      "pip install prometheus-client") from None
+        self._exporter = Exporter(self.metrics, self.settings.metrics_listen, self.settings.runtime_dir)
+        self.metrics_address = self._exporter.address
+
+    def _serve_metrics(self, events: dict[Any, int]) -> None:
+        """Count connections to the events socket; answer waiting scrapes."""
+        assert self.metrics is not None
+        if self._monitor is not None and self._monitor in events:
+            self.metrics.on_monitor(self._monitor)
+        if self.metrics.wanted():
+            self.metrics.answer(self.supervision, ready=self.ready, published=self.published,
+                                etcd={ns: st.ready for ns, st in self._etcd_namespaces.items()})
+
+    # -- the loop ------------------------------------------------------------------
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.zap, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         stop_deadline: float | None = None
         zygote_fd = -1
         next_house = 0.0
@@ -440,6 +484,8 @@ class Supervisor:
                 zygote_fd = fd
             now = time.monotonic()
             if now >= next_house:  # timers: starts due, hung controllers, status refresh
+                if next_house and self.metrics is not None:  # a timer (0.0: a forced round)
+                    self.metrics.loop_lag.observe(now - next_house)
                 next_house = now + self.supervision.tick()
                 if self.ready:
                     self.notifier.status(self.supervision.summary())
@@ -456,6 +502,8 @@ class Supervisor:
             if woke:
                 self._drain_wakeups()
                 self.remote.drain(self._publish)
+            if self.metrics is not None and (woke or self._monitor in events):
+                self._serve_metrics(events)
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
                 woke = True
@@ -529,10 +577,12 @@ class Supervisor:
         log.info("stopped")
 
     def _close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.close()
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()
-        for name in ("router", "pub", "zap"):
+        for name in ("router", "pub", "zap", "_monitor"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..resource import PHASE_TEARING_DOWN, Resource
 from ..state.events import DESTROYED
+from ..wire import RECONCILE_BUCKETS, Histogram
 
 log = logging.getLogger("cosihost.worker")
 
@@ -31,6 +32,8 @@ class Scheduler:
         self.dirty = True  # reconcile once at start
         self.failures = 0  # failed reconciles in a row
         self.backoff_until = 0.0
+        #: How long each reconcile took (failed ones too), for the heartbeat.
+        self.durations = Histogram(RECONCILE_BUCKETS)
 
     def attempts(self) -> int:
         return self.rt.counters.reconciles + self.rt.counters.crashes
@@ -65,9 +68,11 @@ class Scheduler:
     def reconcile_once(self) -> None:
         self.dirty = False
         self.rt.requeue_at = None
+        started = time.perf_counter()
         try:
             self.controller.reconcile(self.rt)
         except Exception as exc:
+            self.durations.observe(time.perf_counter() - started)
             self.rt.counters.crashes += 1
             self.failures += 1
             delay = min(self.backoff_cap, self.backoff_base * 2 ** (self.failures - 1))
@@ -77,6 +82,7 @@ class Scheduler:
             self.dirty = True
             self.backoff_until = time.monotonic() + delay
             return
+        self.durations.observe(time.perf_counter() - started)
         self.failures = 0
         self.rt.counters.reconciles += 1
 
