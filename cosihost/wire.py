@@ -149,7 +149,7 @@ class Histogram:
         """Strictly: a peer's histogram is taken whole or refused (WireError)."""
         if not isinstance(data, dict):
             raise WireError("a histogram must be a map")
-        bounds, counts, total = data.get("le"), data.get("counts"), data.get("sum")
+        bounds, counts, total = data.get("le"), data.get("counts"), data.get("sum")  # type: Any, Any, Any
         if (not isinstance(bounds, list) or not isinstance(counts, list)
                 or len(counts) != len(bounds) + 1 or len(bounds) > 64):
             raise WireError("a histogram needs 'le' (at most 64 bounds) and one more 'counts' than bounds")

@@ -9,6 +9,8 @@ the first answer instead of being applied twice; a retry of a deferred write
 (restart, reload) that is still running waits for the same answer. A request
 id is remembered with a digest of its frame: the same id on a different
 request is refused rather than answered with another request's reply.
+When metrics are served, each answer is counted by verb and result with its
+latency (:class:`~.metrics.RequestStats`, plain increments on this thread).
 """
 
 from __future__ import annotations

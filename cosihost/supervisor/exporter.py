@@ -59,7 +59,8 @@ CONTROLLER_FIGURES: dict[str, tuple[str, str, str]] = {
 
 
 def _buckets(hist: Histogram) -> list[tuple[str, float]]:
-    out, total = [], 0
+    out: list[tuple[str, float]] = []
+    total = 0
     for bound, count in zip(hist.bounds, hist.counts):
         total += count
         out.append((floatToGoString(bound), total))
@@ -89,7 +90,7 @@ def _supervisor(snap: Snapshot) -> Iterator[Metric]:
         requests.add_metric([op, result], count)
     yield requests
     latency = HistogramMetricFamily("cosihost_supervisor_request_duration_seconds",
-                                    "From a request's arrival to its answer, by operation.", labels=["op"])
+                                    "From the loop reading a request to sending its answer, by operation.", labels=["op"])
     for op, hist in sorted(snap.latency.items()):
         latency.add_metric([op], _buckets(hist), hist.sum)
     yield latency

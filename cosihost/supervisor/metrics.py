@@ -25,11 +25,13 @@ import dataclasses
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..errors import InvalidRequestError
 from ..wire import Histogram, Reply
 from .processes import REFUSED
 from .supervision import Supervision
@@ -106,15 +108,35 @@ class _Ask:
 class Figures:
     """What the loop counts for metrics, and its side of the scrape hand-over."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Callable[[], None], listen: tuple[str, int]) -> None:
         self._wake = wake
+        self.listen = listen
         self.requests = RequestStats()
         self.loop_lag = Histogram(LAG_BUCKETS)
-        #: Connections to the events socket (from its monitor).
+        #: Connections to the events socket, counted from its monitor.
         self.subscribers = 0
+        self.monitor: zmq.Socket | None = None
+        self._exporter: Any = None
         self._durations: dict[str, Any] = {}
         self._asks: queue.SimpleQueue[_Ask] = queue.SimpleQueue()
         self.last: Snapshot | None = None
+
+    def serve_http(self, runtime_dir: Path) -> str:
+        """Start the HTTP endpoint; the address it listens on. prometheus-client
+        is imported only now."""
+        try:
+            from .exporter import Exporter
+        except ImportError as exc:
+            raise InvalidRequestError(f"metrics need prometheus-client ({exc.name} is missing): "
+                                      "pip install prometheus-client") from None
+        self._exporter = Exporter(self, self.listen, runtime_dir)
+        return self._exporter.address
+
+    def close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.close()
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
 
     # -- the loop's side -------------------------------------------------------
     def heartbeat(self, name: str, args: dict[str, Any]) -> None:
@@ -123,11 +145,20 @@ class Figures:
         if durations is not None:
             self._durations[name] = durations
 
-    def watch_subscribers(self, pub: zmq.Socket) -> zmq.Socket:
-        """A monitor of the events socket's connections (before it binds)."""
-        return pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+    def watch_subscribers(self, pub: zmq.Socket) -> None:
+        """Monitor the events socket's connections (call before it binds);
+        the loop polls :attr:`monitor`."""
+        self.monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
 
-    def on_monitor(self, monitor: zmq.Socket, budget: int = 256) -> None:
+    def serve(self, events: Mapping[Any, int], sup: Supervision, *, ready: bool, published: int,
+              etcd: Mapping[str, bool]) -> None:
+        """After a wake-up or a monitor event: count connections, answer scrapes."""
+        if self.monitor is not None and self.monitor in events:
+            self._count_connections(self.monitor)
+        if not self._asks.empty():
+            self._answer(sup, ready=ready, published=published, etcd=etcd)
+
+    def _count_connections(self, monitor: zmq.Socket, budget: int = 256) -> None:
         for _ in range(budget):
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
@@ -138,11 +169,8 @@ class Figures:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.subscribers = max(0, self.subscribers - 1)
 
-    def wanted(self) -> bool:
-        return not self._asks.empty()
-
-    def answer(self, sup: Supervision, *, ready: bool, published: int, etcd: Mapping[str, bool]) -> None:
-        """Take a snapshot for every scrape waiting (in the loop)."""
+    def _answer(self, sup: Supervision, *, ready: bool, published: int, etcd: Mapping[str, bool]) -> None:
+        """Take a snapshot for every scrape waiting."""
         snap = Snapshot(
             taken=time.monotonic(), ready=ready, controllers=self._controllers(sup),
             requests=dict(self.requests.counts),

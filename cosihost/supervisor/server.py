@@ -106,10 +106,8 @@ class Supervisor:
         #: Events published so far (always counted: one increment).
         self.published = 0
         #: What the loop counts for metrics; None when they are not served.
-        self.metrics = Figures(self._wake) if settings.metrics_listen is not None else None
+        self.metrics = Figures(self._wake, settings.metrics_listen) if settings.metrics_listen else None
         self.metrics_address: str | None = None
-        self._exporter: Any = None
-        self._monitor: zmq.Socket | None = None
 
     # -- setup -----------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -139,6 +137,7 @@ class Supervisor:
         self.api = Api(self.state, self, admin_token=self.admin_token)
         if self.metrics is not None:
             self.api.stats = self.metrics.requests
+            self.metrics_address = self.metrics.serve_http(self.settings.runtime_dir)
         self.status.definitions(supervisor_declaration())
 
     def _remote_namespaces(self) -> dict[str, Any]:
@@ -190,7 +189,7 @@ class Supervisor:
             if path.exists():
                 path.unlink()  # stale, from a supervisor that died; the lock says none runs
         if self.metrics is not None:  # before the bind: every connection is seen
-            self._monitor = self.metrics.watch_subscribers(self.pub)
+            self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
 
@@ -423,7 +422,6 @@ class Supervisor:
             self._bind()
             self._install_signals()
             self._build_state()
-            self._start_metrics()
             log.info("serving %s (epoch %s)", self.settings.runtime_dir, self.state.epoch)
             if not self.settings.controllers_dir.is_dir():
                 log.warning("controllers folder %s does not exist: no controllers until it does "
@@ -435,37 +433,14 @@ class Supervisor:
             self._close()
         return 0
 
-    # -- metrics -------------------------------------------------------------------
-    def _start_metrics(self) -> None:
-        """Serve metrics over HTTP (prometheus-client is imported only now)."""
-        if self.metrics is None or self.settings.metrics_listen is None:
-            return
-        try:
-            from .exporter import Exporter
-        except ImportError as exc:
-            raise InvalidRequestError(f"metrics need prometheus-client ({exc.name} is missing): "
-                                      "pip install prometheus-client") from None
-        self._exporter = Exporter(self.metrics, self.settings.metrics_listen, self.settings.runtime_dir)
-        self.metrics_address = self._exporter.address
-
-    def _serve_metrics(self, events: dict[Any, int]) -> None:
-        """Count connections to the events socket; answer waiting scrapes."""
-        assert self.metrics is not None
-        if self._monitor is not None and self._monitor in events:
-            self.metrics.on_monitor(self._monitor)
-        if self.metrics.wanted():
-            self.metrics.answer(self.supervision, ready=self.ready, published=self.published,
-                                etcd={ns: st.ready for ns, st in self._etcd_namespaces.items()})
-
-    # -- the loop ------------------------------------------------------------------
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.zap, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
+        if self.metrics is not None and self.metrics.monitor is not None:
+            poller.register(self.metrics.monitor, zmq.POLLIN)
         stop_deadline: float | None = None
         zygote_fd = -1
         next_house = 0.0
@@ -502,8 +477,9 @@ class Supervisor:
             if woke:
                 self._drain_wakeups()
                 self.remote.drain(self._publish)
-            if self.metrics is not None and (woke or self._monitor in events):
-                self._serve_metrics(events)
+            if self.metrics is not None and (woke or self.metrics.monitor in events):
+                self.metrics.serve(events, self.supervision, ready=self.ready, published=self.published,
+                                   etcd={ns: st.ready for ns, st in self._etcd_namespaces.items()})
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
                 woke = True
@@ -577,12 +553,12 @@ class Supervisor:
         log.info("stopped")
 
     def _close(self) -> None:
-        if self._exporter is not None:
-            self._exporter.close()
+        if self.metrics is not None:
+            self.metrics.close()  # before the context ends: it holds a socket
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()
-        for name in ("router", "pub", "zap", "_monitor"):
+        for name in ("router", "pub", "zap"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
