@@ -97,13 +97,15 @@ class Settings:
     limits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     timing: Timing = dataclasses.field(default_factory=Timing)
     history: int = 8192
+    #: Where to serve Prometheus metrics, (host, port); None: not served.
+    metrics_listen: tuple[str, int] | None = None
 
     @classmethod
     def build(cls, *, controllers_dir: str | os.PathLike[str] | None = None,
               runtime_dir: str | os.PathLike[str] | None = None,
               state_dir: str | os.PathLike[str] | None = None,
               config: str | os.PathLike[str] | None = None,
-              bundled: bool | None = None) -> "Settings":
+              bundled: bool | None = None, metrics_listen: str | None = None) -> "Settings":
         """Flags win over the config file, which wins over the defaults."""
         settings = cls(
             controllers_dir=None,
@@ -117,6 +119,8 @@ class Settings:
             settings.controllers_dir = Path(controllers_dir)
         if bundled is not None:
             settings.bundled = bundled
+        if metrics_listen is not None:  # the flag wins over the config
+            settings.metrics_listen = parse_listen(metrics_listen, "--metrics-listen")
         return settings
 
     def controller_folders(self) -> list[Path]:
@@ -156,6 +160,32 @@ class Settings:
             setattr(self.timing, key, type(getattr(self.timing, key))(value))
         if "history" in data:
             self.history = int(data["history"])
+        self._apply_metrics(data.get("metrics"))
+
+    def _apply_metrics(self, table: Any) -> None:
+        if table is None:
+            return
+        if not isinstance(table, dict):
+            raise InvalidRequestError("config: [metrics] must be a table")
+        unknown = sorted(set(table) - {"listen"})
+        if unknown:
+            raise InvalidRequestError(f"config: unknown [metrics] key {unknown[0]!r} (known: listen)")
+        if "listen" in table:
+            self.metrics_listen = parse_listen(table["listen"], "config: [metrics] listen")
+
+
+def parse_listen(value: Any, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); port 0 picks a free one."""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{where} must be a string \"HOST:PORT\", not {value!r}")
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535
+            or any(c in host for c in "[]/ ") or (":" in host and not bracketed)):
+        raise InvalidRequestError(f"{where}: {value!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\", "
+                                  "\"[::1]:9464\"; port 0 picks a free one)")
+    return host, int(port)
 
 
     def _apply_controllers(self, table: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ Decoding is strict: anything that is not exactly a known message raises
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import msgpack
@@ -62,6 +64,8 @@ VERBS: dict[str, tuple[str, ...]] = {
     "register": ("name", "secret", "inputs", "outputs"),
     "update_inputs": ("inputs",),
     "owned_kinds": (),
+    # optional: counters (map of name -> int), durations (map of name ->
+    # Histogram.to_wire()), kinds ([namespace, type, seq] of each cached kind)
     "heartbeat": (),
     # supervisor control
     "ping": (),
@@ -112,6 +116,58 @@ class EventMessage:
     old: bytes | None = None
     #: The backend's bookmark position of the change (an etcd revision), or 0.
     rev: int = 0
+
+
+#: Upper bounds (seconds) of the buckets of a controller's reconcile durations.
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclasses.dataclass
+class Histogram:
+    """Observations counted into fixed buckets, Prometheus style: ``counts[i]``
+    holds the values ``<= bounds[i]`` (and above the bound before it), the
+    last count those above every bound. A controller keeps one of its
+    reconcile durations and sends it with each heartbeat; the supervisor
+    keeps its own request latencies and loop lag the same way."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = dataclasses.field(default_factory=list)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def copy(self) -> "Histogram":
+        return Histogram(self.bounds, list(self.counts), self.sum)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"le": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "Histogram":
+        """Strictly: a peer's histogram is taken whole or refused (WireError)."""
+        if not isinstance(data, dict):
+            raise WireError("a histogram must be a map")
+        bounds, counts, total = data.get("le"), data.get("counts"), data.get("sum")  # type: Any, Any, Any
+        if (not isinstance(bounds, list) or not isinstance(counts, list)
+                or len(counts) != len(bounds) + 1 or len(bounds) > 64):
+            raise WireError("a histogram needs 'le' (at most 64 bounds) and one more 'counts' than bounds")
+        if not all(_finite(b) for b in bounds) or any(b >= c for b, c in zip(bounds, bounds[1:])):
+            raise WireError("histogram bounds must be increasing finite numbers")
+        if not all(type(c) is int and c >= 0 for c in counts):
+            raise WireError("histogram counts must be non-negative integers")
+        if not _finite(total):
+            raise WireError("histogram sum must be a finite number")
+        return cls(tuple(float(b) for b in bounds), counts, float(total))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass

@@ -42,8 +42,11 @@ def main() -> None:
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML file: persistent namespaces, limits, timings "
                    "(default for root: /etc/cosihost/config.toml if it exists).")
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics here (over [metrics] listen of the config; port 0: any free "
+                   "port, written to <runtime-dir>/metrics.addr).")
 def run(controllers_dir: str | None, bundled: bool | None, runtime_dir: str | None, state_dir: str | None,
-        config: str | None) -> None:
+        config: str | None, metrics_listen: str | None) -> None:
     """Run the supervisor in the foreground."""
     import faulthandler
 
@@ -53,7 +56,8 @@ def run(controllers_dir: str | None, bundled: bool | None, runtime_dir: str | No
     logs.setup("supervisor")
     try:
         settings = Settings.build(controllers_dir=controllers_dir, runtime_dir=runtime_dir,
-                                  state_dir=state_dir, config=config, bundled=bundled)
+                                  state_dir=state_dir, config=config, bundled=bundled,
+                                  metrics_listen=metrics_listen)
         try:
             import setproctitle
             setproctitle.setproctitle("cosihost: supervisor")

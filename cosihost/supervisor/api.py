@@ -9,6 +9,8 @@ the first answer instead of being applied twice; a retry of a deferred write
 (restart, reload) that is still running waits for the same answer. A request
 id is remembered with a digest of its frame: the same id on a different
 request is refused rather than answered with another request's reply.
+When metrics are served, each answer is counted by verb and result with its
+latency (:class:`~.metrics.RequestStats`, plain increments on this thread).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import wire
 from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError
@@ -33,6 +35,12 @@ from . import access
 from .access import ADMIN, USER, Caller
 from .registry import Registry
 from .status import STATUS_NAMESPACE, STATUS_TYPE
+
+if TYPE_CHECKING:
+    from .metrics import RequestStats
+
+#: The result counted for a retry answered from the reply cache.
+REPLAYED = "replayed"
 
 log = logging.getLogger("cosihost.supervisor")
 
@@ -49,6 +57,8 @@ class Host(Protocol):
 
     registry: Registry
     ready: bool
+    #: Where metrics are served (HOST:PORT), or None.
+    metrics_address: str | None
 
     def caller(self, token: str) -> Caller | None: ...
     def register(self, args: dict[str, Any]) -> dict[str, Any]: ...
@@ -140,6 +150,8 @@ class Api:
         self.last_record: Record | None = None
         self.replayed = 0
         self._snapshots = SnapshotPages()
+        #: Counts requests for the metrics when they are served (None: not counted).
+        self.stats: RequestStats | None = None
         #: (token, rid) -> (frame digest, encoded reply) of answered writes.
         self._replies: collections.OrderedDict[tuple[str, str], tuple[bytes, bytes]] = collections.OrderedDict()
         #: (token, rid) -> (frame digest, responders) of deferred writes not answered yet.
@@ -152,17 +164,27 @@ class Api:
     # -- entry -----------------------------------------------------------
     def handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
         """Answer one request frame; None when the answer is deferred."""
+        stats = self.stats
+        started = time.perf_counter() if stats is not None else 0.0
         try:
-            return self._handle(frame, respond_later)
+            answer, op, result = self._handle(frame, respond_later, started)
         except Exception as exc:  # a bug here must not take the supervisor down
             log.exception("request handling failed")
-            return wire.encode_reply(Reply(False, "", code="internal", message=f"internal error: {exc!r}"))
+            answer, op, result = wire.encode_reply(Reply(False, "", code="internal",
+                                                         message=f"internal error: {exc!r}")), "unknown", "internal"
+        if stats is not None and answer is not None:
+            stats.record(op, result, started)
+        return answer
 
-    def _handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
+    def _handle(self, frame: bytes, respond_later: Callable[[str], Respond],
+                started: float) -> tuple[bytes | None, str, str]:
+        """(the answer or None when deferred, the verb, the result for the metrics)."""
         try:
             req = wire.decode_request(frame)
         except wire.WireError as exc:
-            return wire.encode_reply(Reply.error(exc.rid, exc))
+            return wire.encode_reply(Reply.error(exc.rid, exc)), "unknown", exc.code
+        if self.stats is not None:
+            respond_later = self.stats.timed(req.op, started, respond_later)
         key = (req.token, req.rid)
         remember = req.op in WRITES and bool(req.rid)
         digest = hashlib.blake2b(frame, digest_size=16).digest() if remember else b""
@@ -171,12 +193,13 @@ class Api:
             if seen is not None:
                 if seen[0] != digest:
                     return wire.encode_reply(Reply.error(req.rid, InvalidRequestError(
-                        f"request id {req.rid!r} was already used for another request")))
+                        f"request id {req.rid!r} was already used for another request"))), req.op, \
+                        InvalidRequestError.code
                 self.replayed += 1  # a retry after a lost reply: answer, don't apply again
                 if key in self._replies:
-                    return self._replies[key][1]
+                    return self._replies[key][1], req.op, REPLAYED
                 self._inflight[key][1].append(respond_later(req.rid))  # still running: same answer, once
-                return None
+                return None, req.op, ""
 
         def later() -> Respond:
             if not remember:
@@ -191,7 +214,7 @@ class Api:
             result = getattr(self, "op_" + req.op)(caller, req.args, later)
             reply = Reply(True, req.rid, result=result)
         except Deferred:
-            return None
+            return None, req.op, ""
         except CosiError as exc:
             reply = Reply.error(req.rid, exc)
         except Exception as exc:  # a bug here must not take the supervisor down
@@ -201,7 +224,7 @@ class Api:
         if remember:
             self._inflight.pop(key, None)  # answered now after all
             self._remember(key, digest, encoded)
-        return encoded
+        return encoded, req.op, reply.code or "ok"
 
     def _remember(self, key: tuple[str, str], digest: bytes, encoded: bytes) -> None:
         self._replies[key] = (digest, encoded)
@@ -459,7 +482,7 @@ class Api:
     def op_ping(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "protocol": wire.PROTOCOL, "caller": caller.describe(),
                 "ready": self.host.ready, "pid": os.getpid(), "replayed": self.replayed,
-                "summary": self.host.summary()}
+                "summary": self.host.summary(), "metrics": self.host.metrics_address}
 
     def op_controllers(self, caller: Caller, args: dict[str, Any], _r: Any) -> list[bytes]:
         access.check_read(caller, STATUS_NAMESPACE, STATUS_TYPE)

@@ -50,6 +50,7 @@ from . import limits as limits_mod
 from . import processes
 from .access import ADMIN, USER, Caller
 from .api import Api
+from .metrics import Figures
 from .registry import Registry
 from .remote import RemoteWrites
 from .sdnotify import Notifier
@@ -100,6 +101,13 @@ class Supervisor:
         self._subs_unaligned = False
         self._refusals_logged: set[tuple[str, bytes]] = set()
         self._etcd: list[Any] = []
+        #: Each etcd namespace (as configured) and the state that keeps it.
+        self._etcd_namespaces: dict[str, Any] = {}
+        #: Events published so far (always counted: one increment).
+        self.published = 0
+        #: What the loop counts for metrics; None when they are not served.
+        self.metrics = Figures(self._wake, settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics_address: str | None = None
 
     # -- setup -----------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -127,6 +135,9 @@ class Supervisor:
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
+        if self.metrics is not None:
+            self.api.stats = self.metrics.requests
+            self.metrics_address = self.metrics.serve_http(self.settings.runtime_dir)
         self.status.definitions(supervisor_declaration())
 
     def _remote_namespaces(self) -> dict[str, Any]:
@@ -150,6 +161,7 @@ class Supervisor:
                            on_event=self.remote.on_event, wait=False)
             self._etcd.append(st)
             out.update(dict.fromkeys(names, st))
+            self._etcd_namespaces.update(dict.fromkeys(names, st))
             log.info("namespaces %s kept in etcd at %s (%s)", ", ".join(sorted(names)),
                      ", ".join(config.endpoints), f"revision {st.applied}" if st.ready else st.not_ready)
         return out
@@ -176,6 +188,8 @@ class Supervisor:
             path = rd / name
             if path.exists():
                 path.unlink()  # stale, from a supervisor that died; the lock says none runs
+        if self.metrics is not None:  # before the bind: every connection is seen
+            self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
 
@@ -201,6 +215,7 @@ class Supervisor:
     def _publish(self, namespace: str, type: str, record: Record) -> None:
         msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.mark_rev)
         self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
+        self.published += 1
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
@@ -332,6 +347,8 @@ class Supervisor:
 
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
+        if self.metrics is not None:
+            self.metrics.heartbeat(caller.name, args)
         self._check_ready()
 
     def update_inputs(self, caller: Any, inputs: Any) -> None:
@@ -423,6 +440,8 @@ class Supervisor:
         poller.register(self.zap, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self.metrics is not None and self.metrics.monitor is not None:
+            poller.register(self.metrics.monitor, zmq.POLLIN)
         stop_deadline: float | None = None
         zygote_fd = -1
         next_house = 0.0
@@ -441,6 +460,8 @@ class Supervisor:
                 zygote_fd = fd
             now = time.monotonic()
             if now >= next_house:  # timers: starts due, hung controllers, status refresh
+                if next_house and self.metrics is not None:  # a timer (0.0: a forced round)
+                    self.metrics.loop_lag.observe(now - next_house)
                 next_house = now + self.supervision.tick()
                 if self.ready:
                     self.notifier.status(self.supervision.summary())
@@ -457,6 +478,9 @@ class Supervisor:
             if woke:
                 self._drain_wakeups()
                 self.remote.drain(self._publish)
+            if self.metrics is not None and (woke or self.metrics.monitor in events):
+                self.metrics.serve(events, self.supervision, ready=self.ready, published=self.published,
+                                   etcd={ns: st.ready for ns, st in self._etcd_namespaces.items()})
             if zygote_fd >= 0 and zygote_fd in events and zygote is not None:
                 zygote.pump()
                 woke = True
@@ -530,6 +554,8 @@ class Supervisor:
         log.info("stopped")
 
     def _close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()  # before the context ends: it holds a socket
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()

@@ -67,6 +67,8 @@ class Cache:
         self.epoch: str | None = None
         self.kinds: dict[Kind, KindCache] = {}
         self.resyncs = 0
+        #: Published events received for the kinds held here.
+        self.events = 0
 
     def ensure(self, namespace: str, type: str) -> KindCache:
         """Sync a kind on first use: subscribe, prove it, then snapshot."""
@@ -112,6 +114,7 @@ class Cache:
         kc = self.kinds.get((namespace, type))
         if kc is None:
             return
+        self.events += 1
         if msg.epoch != self.epoch:
             self.resync_all(f"supervisor epoch changed to {msg.epoch}")
             return

@@ -113,9 +113,11 @@ class WorkerLoop:
     def _heartbeat(self, req: Requester) -> None:
         kinds = [[ns, t, kc.seq] for (ns, t), kc in self.cache.kinds.items()]
         counters = dict(self.rt.counters.as_dict(), resyncs=self.cache.resyncs, resent=req.resent,
-                        failures=self.sched.failures, waiting=len(self.unsynced))
+                        events=self.cache.events, failures=self.sched.failures,
+                        waiting=len(self.unsynced), pending=int(self.sched.dirty))
+        durations = {"reconcile_seconds": self.sched.durations.to_wire()}
         try:
-            reply: dict[str, Any] = req.call("heartbeat", counters=counters, kinds=kinds)
+            reply: dict[str, Any] = req.call("heartbeat", counters=counters, durations=durations, kinds=kinds)
         except UnavailableError as exc:  # the supervisor is slow or paused: try at the next beat
             log.warning("heartbeat: %s", exc)
             return

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..resource import PHASE_TEARING_DOWN, Resource
 from ..state.events import DESTROYED
+from ..wire import RECONCILE_BUCKETS, Histogram
 
 log = logging.getLogger("cosihost.worker")
 
@@ -41,6 +42,8 @@ class Scheduler:
         self.dirty = True  # reconcile once at start
         self.failures = 0  # failed reconciles in a row
         self.backoff_until = 0.0
+        #: How long each reconcile took (failed ones too), for the heartbeat.
+        self.durations = Histogram(RECONCILE_BUCKETS)
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
@@ -89,9 +92,11 @@ class Scheduler:
     def reconcile_once(self) -> None:
         self.dirty = False
         self.rt.requeue_at = None
+        started = time.perf_counter()
         try:
             self._reconcile()
         except Exception as exc:
+            self.durations.observe(time.perf_counter() - started)
             self.rt.counters.crashes += 1
             self.failures += 1
             delay = min(self.backoff_cap, self.backoff_base * 2 ** (self.failures - 1))
@@ -101,6 +106,7 @@ class Scheduler:
             self.dirty = True
             self.backoff_until = time.monotonic() + delay
             return
+        self.durations.observe(time.perf_counter() - started)
         self.failures = 0
         self.rt.counters.reconciles += 1
 
