@@ -174,20 +174,6 @@ class Settings:
             self.metrics_listen = parse_listen(table["listen"], "config: [metrics] listen")
 
 
-def parse_listen(value: Any, where: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); port 0 picks a free one."""
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"{where} must be a string \"HOST:PORT\", not {value!r}")
-    host, sep, port = value.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    if (not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535
-            or any(c in host for c in "[]/ ") or (":" in host and not bracketed)):
-        raise InvalidRequestError(f"{where}: {value!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\", "
-                                  "\"[::1]:9464\"; port 0 picks a free one)")
-    return host, int(port)
-
-
     def _apply_controllers(self, table: dict[str, Any]) -> None:
         unknown = set(table) - {"dir", "bundled"}
         if unknown:
@@ -201,6 +187,20 @@ def parse_listen(value: Any, where: str) -> tuple[str, int]:
             if not isinstance(table["bundled"], bool):
                 raise InvalidRequestError("config: [controllers] bundled must be true or false")
             self.bundled = table["bundled"]
+
+
+def parse_listen(value: Any, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); port 0 picks a free one."""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{where} must be a string \"HOST:PORT\", not {value!r}")
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535
+            or any(c in host for c in "[]/ ") or (":" in host and not bracketed)):
+        raise InvalidRequestError(f"{where}: {value!r} is not HOST:PORT (e.g. \"127.0.0.1:9464\", "
+                                  "\"[::1]:9464\"; port 0 picks a free one)")
+    return host, int(port)
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
