@@ -109,3 +109,32 @@ def test_offline_graph_draws_a_broken_module_as_the_live_graph_does(supervisor_f
     warnings = offline.stderr.splitlines()
     assert any(w.startswith("warning: broken.py refused: ") and "boom at import" in w for w in warnings)
     assert any(w.startswith("warning: test.Clash refused: ") for w in warnings)
+
+
+SLOW_IMPORT = '''
+import time
+time.sleep(3)   # a module slow to import keeps the scan busy
+
+from cosihost import Controller, Output
+
+class Slow(Controller):
+    name = "test.Slow"
+    outputs = [Output("Slows.test.cosihost.dev")]
+
+    def reconcile(self, rt):
+        pass
+'''
+
+
+def test_a_reload_during_a_scan_gets_a_scan_of_its_own(supervisor_factory):
+    sup = supervisor_factory(controllers={"shop": SHOP, "extra": EXTRA})
+    cli = Cli(sup.runtime_dir)
+    extra = sup.controller_pid("test.Extra")
+    sup.write_controller("slow", SLOW_IMPORT)
+    first = cli.stream("reload")
+    wait_for(lambda: not sup.ping()["ready"], message="the first reload's scan to begin")
+    (sup.controllers_dir / "extra.py").unlink()   # after the first scan looked at the folder
+    assert cli.ok("reload") == "stopped: test.Extra\n"
+    assert first.next() == "started: test.Slow"
+    assert first.proc.wait(timeout=30) == 0
+    wait_for(lambda: _gone(extra), message="test.Extra's process to end")
