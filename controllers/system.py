@@ -59,8 +59,8 @@ class MemoryStatsController(Controller):
     definitions = [
         ResourceDefinition(MEMORY, aliases=("memorystat", "memorystats", "memory", "mem"),
                            default_namespace=NAMESPACE,
-                           print_columns=(("TOTAL", "total"), ("USED", "used"), ("AVAILABLE", "available"),
-                                          ("PERCENT", "percent"))),
+                           print_columns=(("TOTAL", "total", "bytes"), ("USED", "used", "bytes"),
+                                          ("AVAILABLE", "available", "bytes"), ("PERCENT", "percent"))),
     ]
     period = 10.0
 
@@ -82,8 +82,8 @@ class DiskStatsController(Controller):
     outputs = [Output(DISKS, kind="exclusive")]
     definitions = [
         ResourceDefinition(DISKS, aliases=("diskstat", "diskstats", "disks", "df"), default_namespace=NAMESPACE,
-                           print_columns=(("DEVICE", "device"), ("FSTYPE", "fstype"), ("TOTAL", "total"),
-                                          ("USED", "used"), ("PERCENT", "percent"))),
+                           print_columns=(("DEVICE", "device"), ("FSTYPE", "fstype"), ("TOTAL", "total", "bytes"),
+                                          ("USED", "used", "bytes"), ("PERCENT", "percent"))),
     ]
     period = 30.0
 

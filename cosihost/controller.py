@@ -59,16 +59,31 @@ class Output:
         return cls(*data)
 
 
+#: How a printed column shows its value in ``cosihost get``'s table: as it
+#: is (""), ``bytes`` (KiB, MiB, GiB), ``timestamp`` (seconds since the
+#: epoch, shown as the age since then) or ``duration`` (seconds, shown as
+#: 12s, 5m, 3h, 2d). ``-o wide``, JSON and YAML keep the stored value.
+COLUMN_FORMATS = ("", "bytes", "timestamp", "duration")
+
+
 @dataclasses.dataclass(frozen=True)
 class ResourceDefinition:
     """How people see a type: aliases, default namespace, printed columns
-    (``(("HEADER", "dotted.path.in.spec"), ...)``), and whether its spec is sensitive."""
+    (``(("HEADER", "dotted.path.in.spec"), ("SIZE", "size", "bytes"), ...)``:
+    a header, a path, and optionally one of :data:`COLUMN_FORMATS`), and
+    whether its spec is sensitive."""
 
     type: str
     aliases: tuple[str, ...] = ()
     default_namespace: str = "default"
-    print_columns: tuple[tuple[str, str], ...] = ()
+    print_columns: tuple[tuple[str, ...], ...] = ()
     sensitive: bool = False
+
+    def __post_init__(self) -> None:
+        for col in self.print_columns:
+            if len(col) not in (2, 3) or (len(col) == 3 and col[2] not in COLUMN_FORMATS):
+                raise ValueError(f"{self.type}: a printed column is (header, path) or (header, path, format) "
+                                 f"with a format among {COLUMN_FORMATS[1:]}, not {col!r}")
 
     def to_spec(self) -> dict[str, Any]:
         return {

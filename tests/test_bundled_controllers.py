@@ -55,7 +55,7 @@ def test_every_bundled_controller_runs(device):
 def test_get_links_shows_the_real_interfaces(device):
     names = set(psutil.net_if_stats())
     def ids() -> set[str] | None:
-        found = {json.loads(line)["metadata"]["id"] for line in cosihost(device, "get", "links", "-o", "json").splitlines()}
+        found = {item["metadata"]["id"] for item in json.loads(cosihost(device, "get", "links", "-o", "json"))["items"]}
         return found if names <= found else None
     assert wait_for(ids, message="every interface psutil knows") >= names
     table = cosihost(device, "get", "links").splitlines()

@@ -17,6 +17,7 @@ from ..errors import CosiError
 from ..settings import Settings
 from .admin import controllers, graph, reload, restart
 from .common import Group
+from .finalizers import finalizers
 from .resources import apply, delete, get
 
 
@@ -68,5 +69,5 @@ def run(controllers_dir: str | None, bundled: bool | None, runtime_dir: str | No
         raise click.ClickException(str(exc)) from None
 
 
-for _command in (get, apply, delete, controllers, restart, reload, graph):
+for _command in (get, apply, delete, finalizers, controllers, restart, reload, graph):
     main.add_command(_command)

@@ -11,7 +11,7 @@ import click
 from ..client import Client
 from ..resource import Resource, unpack
 from .common import complete, connect, runtime_dir_option
-from .output import Table, cell, lookup, to_json
+from .output import FORMATS, TABLES, Table, age, cell, echo_document, formatted, list_document, lookup
 
 #: Restart and reload answer once the work is done: give them time.
 LONG_TIMEOUT = 60.0
@@ -27,55 +27,40 @@ def complete_controller(ctx: click.Context, _param: click.Parameter, incomplete:
 
 # -- controllers -------------------------------------------------------------------
 
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
-        return ""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60}m"
-    return f"{s // 86400}d{s % 86400 // 3600}h"
-
-
-def _bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return ""
-
-
 COLUMNS = ("NAME", "STATE", "PID", "RESTARTS", "UPTIME", "CPU", "MEMORY", "LAST EXIT", "REASON")
+WIDE_COLUMNS = ("NAME", "STATE", "PID", "RESTARTS", "STARTED", "CPU SECONDS", "RSS BYTES", "LAST EXIT",
+                "REASON", "MODULE", "CLASS", "LIMITS")
 
 
-def controller_row(res: Resource) -> list[str]:
+def controller_row(res: Resource, *, wide: bool = False) -> list[str]:
+    """One controller's line; UPTIME is computed now, from when its
+    process started, so it is right however old the status is."""
     spec = res.spec if isinstance(res.spec, dict) else {}
-    cpu = lookup(spec, "usage.cpu_seconds")
-    return [res.metadata.id, cell(spec.get("state")), cell(spec.get("pid") or ""), cell(spec.get("restarts")),
-            _duration(spec.get("uptime")), f"{cpu:.2f}s" if isinstance(cpu, (int, float)) else "",
-            _bytes(lookup(spec, "usage.rss_bytes")), cell(lookup(spec, "last_exit.reason")),
-            cell(spec.get("reason"))]
+    cpu, rss = lookup(spec, "usage.cpu_seconds"), lookup(spec, "usage.rss_bytes")
+    head = [res.metadata.id, cell(spec.get("state")), cell(spec.get("pid")), cell(spec.get("restarts"))]
+    tail = [cell(lookup(spec, "last_exit.reason")), cell(spec.get("reason"))]
+    if wide:
+        return head + [cell(spec.get("started")), cell(cpu), cell(rss)] + tail + [
+            cell(spec.get("module")), cell(spec.get("class")), cell(spec.get("limits") or None)]
+    return head + [age(spec.get("started") if spec.get("pid") else None),
+                   f"{cpu:.2f}s" if isinstance(cpu, (int, float)) else "",
+                   formatted(rss, "bytes")] + tail
 
 
 @click.command()
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table; wide (more columns, values as stored); json or yaml (a List of the "
+                   "ControllerStatuses resources).")
 @runtime_dir_option
 def controllers(output: str, runtime_dir: Path | None) -> None:
     """The supervisor's controllers (its ControllerStatuses resources)."""
     client = connect(runtime_dir)
     statuses = _statuses(client)
-    if output == "json":
-        for res in statuses:
-            click.echo(to_json(res.to_dict()))
+    if output not in TABLES:
+        echo_document(list_document([r.to_dict() for r in statuses]), output)
         return
-    for line in Table(COLUMNS).render(controller_row(r) for r in statuses):
-        click.echo(line)
+    wide = output == "wide"
+    Table(WIDE_COLUMNS if wide else COLUMNS).echo(controller_row(r, wide=wide) for r in statuses)
 
 
 # -- restart / reload ------------------------------------------------------------------
@@ -92,15 +77,41 @@ def restart(name: str, runtime_dir: Path | None) -> None:
     click.echo(f"restarted {name}" + (f" (pid {pid})" if pid else ""))
 
 
+#: What a reload did, in the order it is told.
+RELOAD_KEYS = ("started", "restarted", "stopped", "refused", "failed")
+
+
+def reload_lines(summary: dict[str, Any]) -> list[str]:
+    """``started: a, b`` and so on; each refused controller or failed module
+    on a line of its own, with why."""
+    reasons = summary.get("reasons") or {}
+    lines = []
+    for key in RELOAD_KEYS:
+        names = [str(n) for n in summary.get(key) or []]
+        if key in ("refused", "failed"):
+            lines += [f"{key}: {n}" + (f": {reasons[n]}" if reasons.get(n) else "") for n in names]
+        elif names:
+            lines.append(f"{key}: {', '.join(names)}")
+    return lines
+
+
 @click.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
 @runtime_dir_option
-def reload(runtime_dir: Path | None) -> None:
+def reload(output: str, runtime_dir: Path | None) -> None:
     """Rescan the controllers folder: start new modules, restart changed
-    ones, stop removed ones."""
+    ones, stop removed ones. Says what it did, and which controllers are
+    refused and which modules failed (then it exits 1)."""
     client = connect(runtime_dir, timeout=LONG_TIMEOUT, retries=0)
-    summary = client.call("reload")
-    lines = [f"{what}: {', '.join(names)}" for what, names in (summary or {}).items() if names]
-    click.echo("\n".join(lines) if lines else "reloaded: nothing changed")
+    summary = client.call("reload") or {}
+    if output == "text":
+        click.echo("\n".join(reload_lines(summary)) or "reloaded: nothing changed")
+    else:
+        echo_document(summary, output)
+    problems = [f"{len(summary.get(key) or [])} {what}" for key, what in
+                (("refused", "controller(s) refused"), ("failed", "module(s) failed")) if summary.get(key)]
+    if problems:
+        raise click.ClickException(f"reload: {' and '.join(problems)}")
 
 
 # -- graph -----------------------------------------------------------------------------
@@ -157,13 +168,45 @@ def _probe_declarations(directory: Path) -> list[dict[str, Any]]:
     modules = discover(directory)
     if not modules:
         raise click.ClickException(f"no controller modules in {directory}")
-    decls = []
-    for module in modules:
-        result = probe(module, timeout=LONG_TIMEOUT)
+    return admitted([probe(module, timeout=LONG_TIMEOUT) for module in modules])
+
+
+def admitted(results: list[Any]) -> list[dict[str, Any]]:
+    """The declarations of probed modules as the supervisor would take
+    them: a module that failed, or a declaration that conflicts with one
+    taken before it (modules in name order, as the supervisor scans them),
+    is a refused node, as in the live graph; each is told on stderr."""
+    from ..errors import InvalidRequestError
+    from ..supervisor.registry import Declaration, Registry
+    from ..supervisor.status import supervisor_declaration
+
+    registry = Registry()
+    registry.accept(supervisor_declaration())
+    decls: list[dict[str, Any]] = []
+    for result in sorted(results, key=lambda r: str(r.module)):
         if result.error:
-            raise click.ClickException(f"{module.name}: {result.error}")
-        decls.extend(result.declarations)
+            decls.append(_refused(result.module.name, result.error))
+            continue
+        for data in result.declarations:
+            source = f"{result.module.name}:{data.get('class')}"
+            name = str(data.get("name") or source)
+            try:
+                decl = Declaration.from_wire(data, source=source)
+                why = registry.conflict(decl)
+            except InvalidRequestError as exc:
+                why = str(exc)
+            if why:
+                # A name taken by a running controller is that one's node.
+                decls.append(_refused(source if name in registry.accepted else name, why))
+                continue
+            registry.accept(decl)
+            decls.append(data)
     return decls
+
+
+def _refused(name: str, why: str) -> dict[str, Any]:
+    click.echo(f"warning: {name} refused: {why}", err=True)
+    return {"name": name, "state": "refused", "reason": why}
 
 
 @click.command()

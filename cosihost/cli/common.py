@@ -12,6 +12,7 @@ import click
 
 from .. import wire
 from ..client import Client
+from ..controller import COLUMN_FORMATS
 from ..errors import CosiError, UnavailableError
 from ..settings import ENV_RUNTIME_DIR, default_runtime_dir
 
@@ -37,10 +38,13 @@ def resolve_runtime_dir(runtime_dir: Path | None) -> Path:
     return Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
 
 
-def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1) -> Client:
+def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1,
+            admin: str = "") -> Client:
     """A client of the supervisor at ``runtime_dir``, proven to answer; one
     clear error line (and exit 1) when nothing answers there. The client is
-    closed when the command ends."""
+    closed when the command ends. ``admin``: what needs the admin token
+    (e.g. "removing a finalizer"); the command fails saying so when the
+    token cannot be read."""
     rdir = resolve_runtime_dir(runtime_dir)
     sock = rdir / wire.API_SOCKET
     if not sock.exists():
@@ -49,7 +53,10 @@ def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1
     if not os.access(sock, os.R_OK | os.W_OK):
         raise click.ClickException(f"no supervisor answering at {rdir}: permission denied on {sock} "
                                    "(run as the supervisor's user or group)")
-    client = Client(rdir, timeout=timeout, retries=retries)
+    try:
+        client = Client(rdir, timeout=timeout, retries=retries, admin=bool(admin))
+    except UnavailableError as exc:
+        raise click.ClickException(f"{admin} is for the admin only: {exc} (run as the supervisor's user)") from None
     try:
         client.requester(timeout=PING_TIMEOUT, retries=0).call("ping")
     except UnavailableError:
@@ -74,6 +81,18 @@ def complete(ctx: click.Context, incomplete: str, names: Callable[[Client], list
     except Exception:
         return []
     return [n for n in found if n.lower().startswith(incomplete.lower())]
+
+
+def complete_type(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    return complete(ctx, incomplete, lambda client: Definitions.load(client).completions())
+
+
+def complete_id(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    def ids(client: Client) -> list[str]:
+        info = Definitions.load(client).resolve(ctx.params["type_"])
+        ns = ctx.params.get("namespace") or info.default_namespace
+        return [r.metadata.id for r in client.list(ns, info.type)]
+    return complete(ctx, incomplete, ids)
 
 
 class Pinger:
@@ -109,13 +128,32 @@ def one_line(text: str) -> str:
 
 
 # -- types ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One printed column of a resource definition: ``[header, path]`` or
+    ``[header, path, format]`` (a format this client does not know shows
+    the value as it is)."""
+
+    header: str
+    path: str
+    format: str = ""
+
+    @classmethod
+    def from_spec(cls, col: Any) -> "Column | None":
+        if not isinstance(col, (list, tuple)) or len(col) not in (2, 3):
+            return None
+        fmt = str(col[2]) if len(col) == 3 else ""
+        return cls(str(col[0]), str(col[1]), fmt if fmt in COLUMN_FORMATS else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class TypeInfo:
     """A resolved type argument: the type and how to show it."""
 
     type: str
     default_namespace: str = DEFAULT_NAMESPACE
-    print_columns: tuple[tuple[str, str], ...] = ()
+    print_columns: tuple[Column, ...] = ()
     sensitive: bool = False
     defined: bool = False
 
@@ -127,10 +165,7 @@ class TypeInfo:
     def from_spec(cls, spec: Any) -> "TypeInfo | None":
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
             return None
-        columns = []
-        for col in spec.get("print_columns") or []:
-            if isinstance(col, (list, tuple)) and len(col) == 2:
-                columns.append((str(col[0]), str(col[1])))
+        columns = [c for c in map(Column.from_spec, spec.get("print_columns") or []) if c is not None]
         return cls(spec["type"], str(spec.get("default_namespace") or DEFAULT_NAMESPACE),
                    tuple(columns), bool(spec.get("sensitive")), True)
 

@@ -14,23 +14,9 @@ import yaml
 from ..client import Client
 from ..errors import ConflictError, NotFoundError, OwnerConflictError, PhaseConflictError
 from ..resource import Resource
-from .common import Definitions, Pinger, TypeInfo, complete, connect, runtime_dir_option
-from .output import FORMATS, View
-
-# -- completion ------------------------------------------------------------------
-
-
-def complete_type(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
-    return complete(ctx, incomplete, lambda client: Definitions.load(client).completions())
-
-
-def complete_id(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
-    def ids(client: Client) -> list[str]:
-        info = Definitions.load(client).resolve(ctx.params["type_"])
-        ns = ctx.params.get("namespace") or info.default_namespace
-        return [r.metadata.id for r in client.list(ns, info.type)]
-    return complete(ctx, incomplete, ids)
-
+from .common import Definitions, Pinger, TypeInfo, complete_id, complete_type, connect, runtime_dir_option
+from .finalizers import force_off
+from .output import FORMATS, LIST_KIND, View
 
 def _resolve(client: Client, type_: str) -> TypeInfo:
     return Definitions.load(client).resolve(type_)
@@ -44,7 +30,8 @@ def _resolve(client: Client, type_: str) -> TypeInfo:
 @click.argument("id_", metavar="[ID]", required=False, shell_complete=complete_id)
 @click.option("-n", "--namespace", help="Namespace (default: the type's default namespace).")
 @click.option("-o", "--output", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="table, JSON (one object per line) or YAML documents.")
+              help="table; wide (more columns, values as stored); json or yaml (one document: the "
+                   "resource, or a List of them; with --watch, one per event).")
 @click.option("-l", "--selector", "selectors", multiple=True, metavar="SELECTOR",
               help="Label selector, e.g. 'kind=ether,!virtual'; repeat to OR several.")
 @click.option("-w", "--watch", is_flag=True, help="Keep printing changes (+ created, - destroyed).")
@@ -57,6 +44,7 @@ def get(type_: str, id_: str | None, namespace: str | None, output: str, selecto
     \b
       cosihost get links
       cosihost get links lo -o yaml
+      cosihost get links -o json | jq '.items[].metadata.id'
       cosihost get links -l kind=ether --watch
     """
     if id_ is not None and selectors:
@@ -70,7 +58,7 @@ def get(type_: str, id_: str | None, namespace: str | None, output: str, selecto
         _watch(client, view, ns, info.type, id_, labels)
         return
     if id_ is not None:
-        view.print_all([client.get(ns, info.type, id_)])
+        view.print_all([client.get(ns, info.type, id_)], single=True)
         return
     items = client.list(ns, info.type, labels=labels)
     view.print_all(items)
@@ -122,7 +110,8 @@ READ_ONLY = {"version", "owner", "phase", "finalizers", "created", "updated"}
 
 def load_documents(path: str) -> list[Any]:
     """The resources in a YAML or JSON file ("-" is stdin): one or many
-    documents, each a resource or a list of resources."""
+    documents, each a resource, a list of resources or a List document
+    (``{"kind": "List", "items": [...]}``, as ``get -o yaml`` prints)."""
     try:
         with click.open_file(path, "r", encoding="utf-8") as fh:
             text = fh.read()
@@ -141,6 +130,8 @@ def load_documents(path: str) -> list[Any]:
     for doc in docs:
         if doc is None:
             continue
+        if isinstance(doc, dict) and doc.get("kind") == LIST_KIND and isinstance(doc.get("items"), list):
+            doc = doc["items"]
         items.extend(doc if isinstance(doc, list) else [doc])
     if not items:
         raise click.ClickException(f"{path}: no resources in it")
@@ -260,16 +251,30 @@ def apply(path: str, runtime_dir: Path | None) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait for the finalizers of controllers that hold the resource.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for finalizers.")
+@click.option("--force", is_flag=True,
+              help="Admin only: remove the finalizers still there at once (their holders' cleanup is "
+                   "skipped; each is named) and destroy the resource.")
 @runtime_dir_option
-def delete(type_: str, id_: str, namespace: str | None, wait: bool, timeout: float,
+def delete(type_: str, id_: str, namespace: str | None, wait: bool, timeout: float, force: bool,
            runtime_dir: Path | None) -> None:
     """Delete a resource: tear it down, wait until no controller holds it
-    (its finalizers are gone), then destroy it."""
+    (its finalizers are gone), then destroy it.
+
+    \b
+    A finalizer whose controller is gone holds the resource for ever:
+      cosihost finalizers list TYPE ID        (who holds it, and are they running)
+      cosihost delete TYPE ID --force         (remove them and delete, as the admin)
+    """
     client = connect(runtime_dir)
+    admin = connect(runtime_dir, admin="delete --force") if force else None
     info = _resolve(client, type_)
     ns = namespace or info.default_namespace
     name = f"{ns}/{info.type}/{id_}"
     if not client.teardown(ns, info.type, id_):
+        if admin is not None:
+            _force_destroy(client, admin, ns, info.type, id_)
+            click.echo(f"{name} deleted")
+            return
         if not wait:
             held = client.get(ns, info.type, id_).metadata.finalizers
             click.echo(f"{name} tearing down; held by {', '.join(held)}")
@@ -281,6 +286,26 @@ def delete(type_: str, id_: str, namespace: str | None, wait: bool, timeout: flo
     except NotFoundError:
         pass  # another client finished the job
     click.echo(f"{name} deleted")
+
+
+#: A controller that is still running may put a finalizer back meanwhile.
+FORCE_ATTEMPTS = 3
+
+
+def _force_destroy(client: Client, admin: Client, ns: str, type_: str, id: str) -> None:
+    """Remove whatever finalizers are left, then destroy (as the user: the
+    admin token overrides finalizers, not who may delete what)."""
+    for _ in range(FORCE_ATTEMPTS):
+        try:
+            res = client.get(ns, type_, id)
+            if res.metadata.finalizers:
+                force_off(admin, res, list(res.metadata.finalizers))
+            if _attempt(lambda: client.destroy(ns, type_, id)):
+                return
+        except NotFoundError:
+            return  # gone meanwhile: what was asked for
+    raise click.ClickException(f"{ns}/{type_}/{id}: finalizers came back {FORCE_ATTEMPTS} times; "
+                               "a running controller keeps holding it (see `cosihost finalizers list`)")
 
 
 def _wait_released(client: Client, ns: str, type: str, id: str, timeout: float) -> bool:

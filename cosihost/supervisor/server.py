@@ -93,7 +93,9 @@ class Supervisor:
         self.notifier = notifier or Notifier.from_env()
         self._probe_results: queue.SimpleQueue[list[processes.ProbeResult]] = queue.SimpleQueue()
         self._pending_reload: list[Callable[[Reply], None]] = []
-        self._reloading = False
+        self._scan_waiters: list[Callable[[Reply], None]] = []  # answered when the running scan ends
+        self._scan_stopped: list[str] = []
+        self._reloading = self._rescan = False
         self._signals: list[int] = []
         self.ready = False
         #: Set when a subscriber sent something that is no subscription (see
@@ -373,19 +375,22 @@ class Supervisor:
 
     # -- scanning ------------------------------------------------------------------
     def _start_scan(self) -> None:
+        """Scan the controllers folder; the reloads asked for so far are
+        answered when this scan ends. A scan asked for during another runs
+        after it: the folder may have changed since that one looked."""
         if self._reloading:
+            self._rescan = True
             return
         self._reloading = True
+        self._rescan = False
+        self._scan_waiters, self._pending_reload = self._pending_reload, []
         if self.ready:
             self.notifier.reloading()
             self.ready = False
         sup = self.supervision
         modules = processes.discover(*self.settings.controller_folders())
         known = sup.known_digests()
-        for gone in set(known) - set(modules):
-            for slot in [s for s in sup.slots.values() if s.module == gone]:
-                sup.remove(slot.name)
-            sup.forget_module(gone)
+        self._scan_stopped = sup.drop_missing(modules)
         todo = [m for m in modules if known.get(m) != processes.module_digest(m)]
         timeout = self.settings.timing.probe_timeout
 
@@ -398,13 +403,20 @@ class Supervisor:
         threading.Thread(target=work, name="probe", daemon=True).start()
 
     def _finish_scan(self, results: list[processes.ProbeResult]) -> None:
-        summary = self.supervision.apply_probes(results)
+        summary = self.supervision.apply_probes(results, stopped=self._scan_stopped)
         self._reloading = False
         self._scanned = True
-        log.info("controllers scanned: %s", {k: v for k, v in summary.items() if v} or "nothing changed")
-        for respond in self._pending_reload:
+        done = {k: v for k, v in summary.items() if v and k != "reasons"}
+        log.info("controllers scanned: %s", done or "nothing changed")
+        for respond in self._scan_waiters:
             respond(Reply(True, result=summary))
-        self._pending_reload.clear()
+        self._scan_waiters = []
+        if self.supervision.stopping:
+            for respond in self._pending_reload:
+                respond(Reply(False, code="unavailable", message="the supervisor is stopping"))
+            self._pending_reload.clear()
+        elif self._rescan:
+            self._start_scan()
         self._check_ready()  # READY again once the new controllers have reconciled
 
     def _check_ready(self) -> None:

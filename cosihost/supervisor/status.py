@@ -9,7 +9,6 @@ says how each type is shown. Both are ordinary state, so ``cosihost get
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,7 +29,7 @@ OWN_DEFINITIONS = [
     ResourceDefinition(STATUS_TYPE, aliases=("controllerstatus", "controllerstatuses", "cs"),
                        default_namespace=STATUS_NAMESPACE,
                        print_columns=(("STATE", "state"), ("PID", "pid"), ("RESTARTS", "restarts"),
-                                      ("LAST EXIT", "last_exit.reason"))),
+                                      ("UPTIME", "started", "timestamp"), ("LAST EXIT", "last_exit.reason"))),
     ResourceDefinition(DEFINITION_TYPE, aliases=("resourcedefinition", "resourcedefinitions", "rd"),
                        default_namespace=DEFINITION_NAMESPACE,
                        print_columns=(("ALIASES", "aliases"), ("DEFAULT NAMESPACE", "default_namespace"))),
@@ -63,18 +62,23 @@ class StatusWriter:
         self._put(STATUS_NAMESPACE, STATUS_TYPE, slot.name, self.spec(slot))
 
     def spec(self, slot: Slot) -> dict[str, Any]:
+        """The status of a controller. ``pid`` and ``started`` (wall-clock
+        seconds) are null while it has no process (backoff, stopped): a
+        script must never signal a pid that is not the controller's. There is
+        no uptime field: readers compute it from ``started`` when they show
+        it, so it is never as old as the last refresh."""
         placement = slot.placement
+        running = slot.proc is not None
         return {
             "state": slot.state,
-            "pid": slot.pid,
+            "pid": slot.pid if running else None,
             "restarts": slot.restarts,
-            "started": slot.started_wall if slot.proc is not None else None,
-            "uptime": round(time.monotonic() - slot.started_at, 1) if slot.proc is not None else 0.0,
+            "started": slot.started_wall if running else None,
             "last_exit": slot.last_exit,
             "limits": placement.limits if placement is not None else {},
             "mechanism": placement.mechanism if placement is not None else self.mechanism,
             "enforced": dict(placement.enforced) if placement is not None else {},
-            "usage": usage(slot.pid) if slot.proc is not None else {},
+            "usage": usage(slot.pid) if running else {},
             "counters": dict(slot.counters),
             "module": slot.module.name,
             "class": slot.cls,
@@ -85,7 +89,7 @@ class StatusWriter:
 
     def refused(self, name: str, source: str, why: str) -> None:
         self._put(STATUS_NAMESPACE, STATUS_TYPE, name, {
-            "state": REFUSED, "pid": 0, "restarts": 0, "last_exit": None, "limits": {},
+            "state": REFUSED, "pid": None, "restarts": 0, "started": None, "last_exit": None, "limits": {},
             "mechanism": self.mechanism, "enforced": {}, "usage": {}, "counters": {},
             "module": source.split(":")[0], "class": source.partition(":")[2], "reason": why,
             "inputs": [], "outputs": [],

@@ -36,11 +36,18 @@ Respond = Callable[[Reply], None]
 
 @dataclasses.dataclass
 class Refusal:
-    """A controller declaration that was refused, and under which status id."""
+    """A controller declaration that was refused, why, and under which status id."""
 
     result: ProbeResult
     data: dict[str, Any]
     status_id: str
+    why: str = ""
+
+
+def _changes() -> dict[str, Any]:
+    """What a scan did, filled in as it goes (see :meth:`Supervision.apply_probes`)."""
+    return {"started": [], "restarted": [], "stopped": []}
+
 
 class Supervision:
     def __init__(self, settings: Settings, registry: Registry, status: StatusWriter,
@@ -62,12 +69,21 @@ class Supervision:
         self.zygote: Zygote | None = None
 
     # -- declarations --------------------------------------------------------
-    def apply_probes(self, results: list[ProbeResult]) -> dict[str, list[str]]:
+    def apply_probes(self, results: list[ProbeResult], *, stopped: list[str] | None = None) -> dict[str, Any]:
         """Start, restart or refuse controllers from a batch of probes, in a
-        stable order so the same module wins a conflict every time."""
-        summary: dict[str, list[str]] = {"started": [], "restarted": [], "refused": [], "failed": []}
+        stable order so the same module wins a conflict every time.
+
+        Returns what the scan did: the controllers ``started``,
+        ``restarted`` and ``stopped`` (``stopped`` begins with those of the
+        modules that went, see :meth:`drop_missing`), then every controller
+        still ``refused`` and module still ``failed`` after it, with
+        ``reasons`` (name -> why), so a reload never looks clean while
+        something is broken."""
+        summary = _changes()
+        summary["stopped"].extend(stopped or [])
         for result in sorted(results, key=lambda r: str(r.module)):
-            self._retire_module(result.module, keep={d.get("name") for d in result.declarations})
+            summary["stopped"].extend(
+                self._retire_module(result.module, keep={d.get("name") for d in result.declarations}))
             self._unrefuse(result.module)
             names = [d.get("name") for d in result.declarations]
             twice = sorted({n for n in names if names.count(n) > 1})
@@ -76,7 +92,6 @@ class Supervision:
             if result.error:
                 self.module_errors[result.module] = (result.digest, result.error)
                 self.status.module_failed(result.module, result.error)
-                summary["failed"].append(result.module.name)
                 log.error("controller module %s: %s", result.module.name, result.error)
                 continue
             if self.module_errors.pop(result.module, None):
@@ -84,7 +99,24 @@ class Supervision:
             for data in result.declarations:
                 self._admit(result, data, summary)
         self._admit_refused(summary, probed={r.module for r in results})
-        return summary
+        return {**summary, **self.standing()}
+
+    def standing(self) -> dict[str, Any]:
+        """The refused controllers (by status id) and failed modules now, and why."""
+        refused = {r.status_id: r.why for r in self.refused.values()}
+        failed = {m.name: error for m, (_digest, error) in self.module_errors.items()}
+        return {"refused": sorted(refused), "failed": sorted(failed), "reasons": {**refused, **failed}}
+
+    def drop_missing(self, modules: list[Path]) -> list[str]:
+        """Stop the controllers of modules no longer in the folder and forget
+        their refusals and failures; returns the controllers stopped."""
+        stopped = []
+        for gone in set(self.known_digests()) - set(modules):
+            for slot in [s for s in self.slots.values() if s.module == gone and s.state != STOPPED]:
+                self.remove(slot.name)
+                stopped.append(slot.name)
+            self.forget_module(gone)
+        return sorted(stopped)
 
     def _admit_refused(self, summary: dict[str, list[str]], *, probed: set[Path]) -> None:
         """Try again the refusals of modules that were not probed again: what
@@ -118,9 +150,7 @@ class Supervision:
             # The name's status belongs to the controller running under it, if any.
             status_id = name if existing is None else source
             self.status.refused(status_id, source, why)
-            self.refused[source] = Refusal(result, data, status_id)
-            if not again:
-                summary["refused"].append(name)
+            self.refused[source] = Refusal(result, data, status_id, why)
             return
         assert decl is not None
         self.registry.accept(decl)
@@ -157,11 +187,13 @@ class Supervision:
         known.update({m: d for m, (d, _e) in self.module_errors.items()})
         return known
 
-    def _retire_module(self, module: Path, *, keep: set[Any]) -> None:
-        """Stop controllers a changed module no longer defines."""
-        for slot in list(self.slots.values()):
-            if slot.module == module and slot.name not in keep:
-                self.remove(slot.name)
+    def _retire_module(self, module: Path, *, keep: set[Any]) -> list[str]:
+        """Stop controllers a changed module no longer defines; returns them."""
+        gone = [s.name for s in self.slots.values() if s.module == module and s.name not in keep
+                and s.state != STOPPED]
+        for name in gone:
+            self.remove(name)
+        return gone
 
     def remove(self, name: str) -> None:
         slot = self.slots.get(name)
@@ -180,7 +212,7 @@ class Supervision:
         if slot.decl is not None:
             self.status.definitions_gone(slot.decl, self.registry.all())
         if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
-            self._admit_refused({"started": [], "restarted": [], "refused": [], "failed": []}, probed=set())
+            self._admit_refused(_changes(), probed=set())
 
     # -- processes -------------------------------------------------------------
     def _start(self, slot: Slot) -> None:
@@ -299,7 +331,7 @@ class Supervision:
         return max(0.0, min(wake, self._next_refresh) - now)
 
     def refresh(self) -> None:
-        """Republish every live controller's status (usage, counters, uptime)."""
+        """Republish every live controller's status (usage, counters)."""
         now = time.monotonic()
         if now < self._next_refresh:
             return

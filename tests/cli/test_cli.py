@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,10 +39,11 @@ def _rows(out: str) -> list[list[str]]:
 def test_get_prints_a_table_with_the_types_print_columns(shop, cli):
     _order(shop, "t1", "red", size=3)
     rows = _rows(cli.ok("get", "widgets"))
-    assert rows[0] == ["NAMESPACE", "TYPE", "ID", "VERSION", "COLOR", "SIZE"]
-    assert ["shop", "Widgets", "t1", "1", "red", "3"] in rows[1:]
+    assert rows[0] == ["NAMESPACE", "TYPE", "ID", "VERSION", "COLOR", "SIZE", "AGE"]
+    assert ["shop", "Widgets", "t1", "1", "red", "3"] in [r[:6] for r in rows[1:]]
     one = _rows(cli.ok("get", "widget", "t1"))
-    assert one[1:] == [["shop", "Widgets", "t1", "1", "red", "3"]]
+    assert [r[:6] for r in one[1:]] == [["shop", "Widgets", "t1", "1", "red", "3"]]
+    assert re.fullmatch(r"\d+s", one[1][6]), one   # AGE, as kubectl shows it
 
 
 def test_type_names_aliases_and_plural_are_case_insensitive(shop, cli):
@@ -61,13 +63,13 @@ def test_get_json_and_yaml_print_whole_resources(shop, cli):
     _order(shop, "t3", "green")
     with shop.client() as c:
         want = c.get("shop", WIDGETS, "t3").to_dict()
-    lines = cli.ok("get", "widgets", "t3", "-o", "json").splitlines()
-    assert [json.loads(line) for line in lines] == [want]
-    docs = list(yaml.safe_load_all(cli.ok("get", "widgets", "t3", "-o", "yaml")))
-    assert docs == [want]
-    many = [json.loads(line) for line in cli.ok("get", "widgets", "-o", "json").splitlines()]
+    assert json.loads(cli.ok("get", "widgets", "t3", "-o", "json")) == want
+    assert list(yaml.safe_load_all(cli.ok("get", "widgets", "t3", "-o", "yaml"))) == [want]
+    listed = json.loads(cli.ok("get", "widgets", "-o", "json"))
+    assert set(listed) == {"kind", "items"} and listed["kind"] == "List"
+    many = listed["items"]
     assert want in many and all(set(d) == {"metadata", "spec"} for d in many)
-    assert len(list(yaml.safe_load_all(cli.ok("get", "widgets", "-o", "yaml")))) == len(many)
+    assert list(yaml.safe_load_all(cli.ok("get", "widgets", "-o", "yaml"))) == [listed]
 
 
 def test_get_filters_by_label_selector(shop, cli):
@@ -90,7 +92,8 @@ def test_get_errors_are_one_line(shop, cli):
 def test_sensitive_specs_are_hidden_unless_asked(shop, cli):
     with shop.client() as c:
         c.create(Resource("vault", TOKENS, "api", {"value": "s3cret"}))
-    for args in (("get", "tokens"), ("get", "token", "api", "-o", "json"), ("get", "tokens", "-o", "yaml")):
+    for args in (("get", "tokens"), ("get", "token", "api", "-o", "json"), ("get", "tokens", "-o", "yaml"),
+                 ("get", "tokens", "-o", "wide")):
         out = cli.ok(*args)
         assert "s3cret" not in out and "(sensitive)" in out
     assert "s3cret" in cli.ok("get", "tokens", "--show-sensitive")
@@ -117,13 +120,13 @@ def test_watch_table_marks_created_and_destroyed(shop, cli):
     with shop.client() as c:
         c.create(Resource("marks", ORDERS, "m1", {"color": "red"}))
         lines = cli.stream("get", "orders", "-n", "marks", "-w")
-        assert lines.next().split() == ["*", "NAMESPACE", "TYPE", "ID", "VERSION", "COLOR"]
-        assert lines.next().split() == ["+", "marks", "Orders", "m1", "1", "red"]
+        assert lines.next().split() == ["*", "NAMESPACE", "TYPE", "ID", "VERSION", "COLOR", "AGE"]
+        assert lines.next().split()[:6] == ["+", "marks", "Orders", "m1", "1", "red"]
         c.modify("marks", ORDERS, "m1", lambda s: s.update(color="pink"))
         updated = lines.next()
-        assert updated.startswith(" ") and updated.split() == ["marks", "Orders", "m1", "2", "pink"]
+        assert updated.startswith(" ") and updated.split()[:5] == ["marks", "Orders", "m1", "2", "pink"]
         c.destroy("marks", ORDERS, "m1")
-        assert lines.next().split() == ["-", "marks", "Orders", "m1", "2", "pink"]
+        assert lines.next().split()[:6] == ["-", "marks", "Orders", "m1", "2", "pink"]
 
 
 def test_watch_of_one_id_waits_for_it(shop, cli):
@@ -237,8 +240,13 @@ def test_controllers_prints_the_controller_statuses(shop, cli):
     assert set(names) == {"test.Auditor", "test.WidgetMaker"}
     assert names["test.WidgetMaker"][1] == "running"
     assert int(names["test.WidgetMaker"][2]) == shop.controller_pid("test.WidgetMaker")
-    docs = [json.loads(line) for line in cli.ok("controllers", "-o", "json").splitlines()]
+    listed = json.loads(cli.ok("controllers", "-o", "json"))
+    assert listed["kind"] == "List"
+    docs = listed["items"]
     assert [d["metadata"]["id"] for d in docs] == ["test.Auditor", "test.WidgetMaker"]
+    as_yaml = yaml.safe_load(cli.ok("controllers", "-o", "yaml"))   # the same List (usage moves on)
+    assert as_yaml["kind"] == "List" and [(d["metadata"]["id"], set(d["spec"])) for d in as_yaml["items"]] == \
+        [(d["metadata"]["id"], set(d["spec"])) for d in docs]
     assert all(d["metadata"]["type"] == STATUS and d["metadata"]["namespace"] == "runtime" for d in docs)
     assert {"state", "pid", "restarts", "last_exit", "limits", "usage"} <= set(docs[0]["spec"])
 

@@ -465,7 +465,7 @@ def test_exclusive_output_has_one_controller(supervisor_factory):
                        ("test.SharerC", ("test.SharerC", "c.py", "test.WriterA", "a.py")),
                        ("test.Forger", ("test.Forger", "d.py", "cosihost.Supervisor"))]:
         spec = statuses[name]
-        assert spec["state"] == "refused" and spec["pid"] == 0, spec
+        assert spec["state"] == "refused" and spec["pid"] is None, spec
         assert all(part in spec["reason"] for part in both), spec["reason"]
     assert "exclusive" in statuses["test.WriterB"]["reason"]
 

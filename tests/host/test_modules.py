@@ -91,10 +91,14 @@ def test_bad_declarations_are_refused_naming_both_parties(supervisor_factory):
     assert "a_first.py:A" in refused["test.C"] and "c_shared.py:C" in refused["test.C"]
     assert "sometimes" in refused["test.D"]
     assert "mine" in refused["test.E"]
-    # An unchanged refused module is not probed again on reload.
+    # An unchanged refused module is not probed again on reload; the reload
+    # still says what stays refused, and why.
     with sup.client() as c:
         summary = c.call("reload")
-    assert summary == {"started": [], "restarted": [], "refused": [], "failed": []}
+    assert {k: summary[k] for k in ("started", "restarted", "stopped", "failed")} == \
+        {"started": [], "restarted": [], "stopped": [], "failed": []}
+    assert summary["refused"] == ["b_same_name.py:B", "test.C", "test.D", "test.E"]
+    assert summary["reasons"]["test.C"] == refused["test.C"]
     assert "4 refused" in summary_line(sup)
     # Once what stood in their way is gone, refused controllers start on reload.
     (sup.controllers_dir / "a_first.py").unlink()

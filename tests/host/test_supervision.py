@@ -149,7 +149,8 @@ def test_reload_starts_new_restarts_changed_stops_removed(supervisor_factory):
     with sup.client() as c, Client(sup.runtime_dir, timeout=30, retries=0) as slow:
         victim = _running_pid(c, "test.Victim")
         relay = _running_pid(c, "test.Relay")
-        assert slow.call("reload") == {"started": [], "restarted": [], "refused": [], "failed": []}
+        assert slow.call("reload") == {"started": [], "restarted": [], "stopped": [], "refused": [], "failed": [],
+                                       "reasons": {}}
 
         sup.write_controller("hanger", HANGER)
         assert slow.call("reload")["started"] == ["test.Hanger"]
@@ -162,7 +163,7 @@ def test_reload_starts_new_restarts_changed_stops_removed(supervisor_factory):
         assert _running_pid(c, "test.Relay") == relay
 
         (sup.controllers_dir / "hanger.py").unlink()
-        slow.call("reload")
+        assert slow.call("reload")["stopped"] == ["test.Hanger"]
         wait_for(lambda: "test.Hanger" not in sup.statuses(), message="the removed controller's status to go")
         assert _running_pid(c, "test.Victim") == new_victim and _running_pid(c, "test.Relay") == relay
 
