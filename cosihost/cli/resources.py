@@ -14,6 +14,7 @@ import yaml
 from ..client import Client
 from ..errors import ConflictError, NotFoundError, OwnerConflictError, PhaseConflictError
 from ..resource import Resource
+from ..state.txn import Transaction
 from .common import Definitions, Pinger, TypeInfo, complete_id, complete_type, connect, runtime_dir_option
 from .finalizers import force_off
 from .output import FORMATS, LIST_KIND, View
@@ -180,7 +181,7 @@ def parse_resource(item: Any, defs: Definitions, where: str) -> Wanted:
     return Wanted(ns, info.type, md["id"], item.get("spec"), md.get("labels"), md.get("annotations"))
 
 
-def apply_one(client: Client, want: Wanted) -> str:
+def apply_one(client: Client | Transaction, want: Wanted) -> str:
     """Create or update one owner-less resource; says what it did."""
     while True:
         try:
@@ -231,14 +232,31 @@ def apply(path: str, runtime_dir: Path | None) -> None:
     many documents. A resource looks like what `get -o yaml` prints:
       metadata: {type: hostnameconfig, id: hostname}
       spec: {hostname: edge-7}
-    The namespace defaults to the type's default namespace.
+    The namespace defaults to the type's default namespace. The whole file
+    applies in one transaction: every resource or, on any error, none.
     """
     items = load_documents(path)
     client = connect(runtime_dir)
     defs = Definitions.load(client)
     wanted = [parse_resource(item, defs, f"{path}: resource {n}") for n, item in enumerate(items, 1)]
-    for want in wanted:
-        click.echo(f"{want.name} {apply_one(client, want)}")
+    for want, outcome in zip(wanted, apply_all(client, wanted)):
+        click.echo(f"{want.name} {outcome}")
+
+
+#: Times ``apply`` reads and writes again when another writer got in between.
+APPLY_ATTEMPTS = 5
+
+
+def apply_all(client: Client, wanted: list[Wanted]) -> list[str]:
+    """Every resource of a file in one transaction: all applied or none."""
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            with client.transaction() as txn:
+                return [apply_one(txn, want) for want in wanted]
+        except ConflictError as exc:
+            if type(exc) is not ConflictError or attempt == APPLY_ATTEMPTS - 1:
+                raise  # an owner or phase conflict, or lost every time: nothing was applied
+    raise AssertionError("unreachable")
 
 
 # -- delete ----------------------------------------------------------------------

@@ -198,16 +198,17 @@ class Transaction:
                                                  expected_phase=expected_phase))
         return result
 
+    def get(self, namespace: str, type: str, id: str) -> Resource:
+        """The resource as the transaction so far leaves it."""
+        found = self._current((namespace, type, id))
+        if found is None:
+            raise NotFoundError(f"resource {namespace}/{type}/{id} doesn't exist")
+        return found
+
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
                owner: str | None = None) -> Resource:
         owner = self._who(owner)
-        def get(ns: str, typ: str, rid: str) -> Resource:
-            found = self._current((ns, typ, rid))
-            if found is None:
-                raise NotFoundError(f"resource {ns}/{typ}/{rid} doesn't exist")
-            return found
-
-        res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=get,
+        res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=self.get,
                              create=lambda r: self.create(r, owner=owner),
                              update=lambda r: self.update(r, owner=owner))
         return res

@@ -202,6 +202,24 @@ def test_apply_errors_are_one_line(shop, cli, tmp_path):
     assert "exclusive output of test.WidgetMaker" in cli.fails("apply", "-f", str(path))  # AccessDeniedError
 
 
+def test_apply_is_all_or_nothing(shop, cli, tmp_path):
+    """A file whose last resource is refused (at the supervisor, not while
+    parsing) applies nothing, and says nothing was applied by exiting 1."""
+    path = tmp_path / "mixed.yaml"
+    path.write_text("metadata: {type: order, id: first}\nspec: {color: red}\n---\n"
+                    "metadata: {type: order, id: second}\nspec: {color: blue}\n---\n"
+                    "metadata: {type: widget, id: forged}\nspec: {color: blue}\n")
+    assert "exclusive output of test.WidgetMaker" in cli.fails("apply", "-f", str(path))
+    with shop.client() as c:
+        assert not c.list("shop", ORDERS, id_regex="^(first|second)$")
+    path.write_text("metadata: {type: order, id: twice}\nspec: {color: red}\n---\n"
+                    "metadata: {type: order, id: twice}\nspec: {color: blue}\n")
+    assert cli.ok("apply", "-f", str(path)).splitlines() == [f"shop/{ORDERS}/twice created",
+                                                            f"shop/{ORDERS}/twice configured"]
+    with shop.client() as c:
+        assert c.get("shop", ORDERS, "twice").spec == {"color": "blue"}
+
+
 # -- delete ----------------------------------------------------------------------
 
 def test_delete_waits_for_the_controller_to_let_go(shop, cli):
