@@ -91,6 +91,9 @@ class Settings:
     state_dir: Path
     #: Run the bundled device controllers (``[controllers] bundled``).
     bundled: bool = True
+    #: What becomes of a removed controller's outputs: "keep" or "destroy"
+    #: (``[controllers] removed_outputs``; see cosihost.supervisor.orphans).
+    removed_outputs: str = "keep"
     persistent_namespaces: list[str] = dataclasses.field(default_factory=list)
     #: Namespaces kept in etcd, with how to reach it (an EtcdConfig each).
     etcd_namespaces: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -175,10 +178,15 @@ class Settings:
 
 
     def _apply_controllers(self, table: dict[str, Any]) -> None:
-        unknown = set(table) - {"dir", "bundled"}
+        unknown = set(table) - {"dir", "bundled", "removed_outputs"}
         if unknown:
             raise InvalidRequestError(f"config: unknown [controllers] key {sorted(unknown)[0]!r} "
-                                      "(dir, bundled)")
+                                      "(dir, bundled, removed_outputs)")
+        if "removed_outputs" in table:
+            if table["removed_outputs"] not in ("keep", "destroy"):
+                raise InvalidRequestError("config: [controllers] removed_outputs must be \"keep\" or \"destroy\", "
+                                          f"not {table['removed_outputs']!r}")
+            self.removed_outputs = table["removed_outputs"]
         if "dir" in table:
             if not isinstance(table["dir"], str) or not table["dir"]:
                 raise InvalidRequestError("config: [controllers] dir must be a folder path")

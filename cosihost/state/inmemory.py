@@ -224,6 +224,10 @@ class InMemoryState:
                 found.append((namespace, type))
         return sorted(found)
 
+    def namespaces_of(self, type: str) -> builtins.list[str]:
+        """The namespaces that hold resources of ``type``."""
+        return sorted(ns for (ns, typ), coll in list(self._collections.items()) if typ == type and coll.items)
+
     def snapshot(self, namespace: str, type: str) -> tuple[int, builtins.list[bytes]]:
         """The kind's sequence number and packed items, taken atomically."""
         _check_kind(namespace, type)

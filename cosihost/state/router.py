@@ -125,12 +125,18 @@ class NamespaceRouter:
                                       f"(etcd and this host, or two etcd clusters): {where}")
         return next(iter(backends.values()))[0].apply(ops, written=written) if backends else []
 
+    def namespaces_of(self, type: str) -> builtins.list[str]:
+        """Every backend's namespaces that hold resources of ``type``."""
+        return sorted({ns for st in self._ready() for ns in st.namespaces_of(type)})
+
     def owned_kinds(self, owner: str, types: Iterable[str]) -> builtins.list[tuple[str, str]]:
         """Every backend's kinds where ``owner`` owns something (those not reached yet have none to tell)."""
         wanted = list(types)
-        found = {kind for st in [self.local, *self._remote.values()] if getattr(st, "not_ready", None) is None
-                 for kind in st.owned_kinds(owner, wanted)}
-        return sorted(found)
+        return sorted({kind for st in self._ready() for kind in st.owned_kinds(owner, wanted)})
+
+    def _ready(self) -> builtins.list[InMemoryState]:
+        """The backends that can answer now (an etcd one not reached yet has nothing to tell)."""
+        return [st for st in [self.local, *self._remote.values()] if getattr(st, "not_ready", None) is None]
 
     def last_written(self, namespace: str) -> Record | None:
         """The calling thread's last write to a remote namespace, as a record."""

@@ -16,7 +16,7 @@ import psutil
 
 from ..controller import Output, ResourceDefinition
 from ..errors import NotFoundError
-from ..state import InMemoryState
+from ..state.router import NamespaceRouter
 from .processes import REFUSED, Slot
 from .registry import SUPERVISOR, Declaration
 
@@ -32,7 +32,8 @@ OWN_DEFINITIONS = [
                                       ("UPTIME", "started", "timestamp"), ("LAST EXIT", "last_exit.reason"))),
     ResourceDefinition(DEFINITION_TYPE, aliases=("resourcedefinition", "resourcedefinitions", "rd"),
                        default_namespace=DEFINITION_NAMESPACE,
-                       print_columns=(("ALIASES", "aliases"), ("DEFAULT NAMESPACE", "default_namespace"))),
+                       print_columns=(("ALIASES", "aliases"), ("DEFAULT NAMESPACE", "default_namespace"),
+                                      ("ORPHANED BY", "orphaned_by"))),
 ]
 
 
@@ -42,7 +43,7 @@ def supervisor_declaration() -> Declaration:
 
 
 class StatusWriter:
-    def __init__(self, state: InMemoryState, *, mechanism: str) -> None:
+    def __init__(self, state: NamespaceRouter, *, mechanism: str) -> None:
         self.state = state
         self.mechanism = mechanism
 
@@ -110,10 +111,22 @@ class StatusWriter:
             self._put(DEFINITION_NAMESPACE, DEFINITION_TYPE, type, spec)
 
     def definitions_gone(self, decl: Declaration, remaining: Iterable[Declaration]) -> None:
-        """A controller went away: drop the definitions nobody else declares."""
+        """A controller went away: drop the definitions nobody else declares,
+        except of types that still have resources (in a persistent namespace,
+        say): those stay, marked ``orphaned``, so that their resources can
+        still be found by alias and listed where they are."""
         still = {t for other in remaining for t in _defined(other)}
         for type in _defined(decl) - still:
-            self._drop(DEFINITION_NAMESPACE, DEFINITION_TYPE, type)
+            namespaces = self.state.namespaces_of(type)
+            if not namespaces:
+                self._drop(DEFINITION_NAMESPACE, DEFINITION_TYPE, type)
+                continue
+            try:
+                spec = self.state.get(DEFINITION_NAMESPACE, DEFINITION_TYPE, type).spec
+            except NotFoundError:
+                continue
+            self._put(DEFINITION_NAMESPACE, DEFINITION_TYPE, type,
+                      {**spec, "orphaned": True, "orphaned_by": decl.name, "namespaces": namespaces})
 
 
 def _defined(decl: Declaration) -> set[str]:

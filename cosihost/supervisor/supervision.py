@@ -25,6 +25,7 @@ from . import processes
 from .access import Caller
 from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
+from . import orphans
 from .registry import Declaration, Registry
 from .status import StatusWriter
 from .zygote import Zygote
@@ -210,6 +211,8 @@ class Supervision:
         self.slots.pop(slot.name, None)
         self.status.removed(slot.name)
         if slot.decl is not None:
+            if self.settings.removed_outputs == orphans.DESTROY:
+                orphans.destroy_outputs(self.status.state, slot.decl)
             self.status.definitions_gone(slot.decl, self.registry.all())
         if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
             self._admit_refused(_changes(), probed=set())

@@ -59,6 +59,7 @@ def test_settings_layer_flags_over_config_over_defaults(tmp_path: Path) -> None:
     ('bundled = "no"', "bundled must be true or false"),
     ("dir = 3", "dir must be a folder path"),
     ("folder = 'x'", "unknown [controllers] key 'folder'"),
+    ("removed_outputs = 'shred'", "removed_outputs must be \"keep\" or \"destroy\""),
 ])
 def test_bad_controllers_tables_are_refused_clearly(tmp_path: Path, table: str, message: str) -> None:
     config = tmp_path / "config.toml"

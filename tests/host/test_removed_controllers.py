@@ -1,0 +1,81 @@
+"""A removed controller's outputs and definitions: kept (the default) with
+their definitions still readable, marked orphaned; or destroyed, when the
+config says so, except what another holder's finalizer still keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+
+from cosihost import Resource
+from cosihost.testing import wait_for
+
+from test_supervision import FAST
+
+THINGS = "Things.test.cosihost.dev"
+DEFINITIONS = "ResourceDefinitions.meta.cosihost.dev"
+MAKER = f'''
+from cosihost import Controller, Output, ResourceDefinition
+
+class Maker(Controller):
+    name = "test.Maker"
+    outputs = [Output("{THINGS}", kind="exclusive")]
+    definitions = [ResourceDefinition("{THINGS}", aliases=("thing", "things"), default_namespace="made")]
+
+    def reconcile(self, rt):
+        for rid in ("a", "b", "c"):
+            rt.modify("made", "{THINGS}", rid, lambda s: s.update(ok=True))
+'''
+
+
+def _cosihost(sup, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cosihost", *args], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, COSIHOST_RUNTIME_DIR=str(sup.runtime_dir)))
+
+
+def _remove(sup, module: str, name: str) -> None:
+    pid = sup.controller_pid(name)
+    (sup.controllers_dir / module).unlink()
+    with sup.client() as c:
+        c.call("reload")
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             message="the removed controller's process to end")
+    wait_for(lambda: name not in sup.statuses(), message="its status to go")
+
+
+def _ids(sup) -> list[str]:
+    with sup.client() as c:
+        return [r.metadata.id for r in c.list("made", THINGS)]
+
+
+def test_kept_outputs_stay_findable_by_alias_under_an_orphaned_definition(supervisor_factory) -> None:
+    sup = supervisor_factory(config=FAST, controllers={"maker": MAKER})
+    wait_for(lambda: _ids(sup) == ["a", "b", "c"], message="the outputs")
+    _remove(sup, "maker.py", "test.Maker")
+    assert _ids(sup) == ["a", "b", "c"]
+    listed = _cosihost(sup, "get", "things", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [item["metadata"]["id"] for item in json.loads(listed.stdout)["items"]] == ["a", "b", "c"]
+    with sup.client() as c:
+        spec = c.get("meta", DEFINITIONS, THINGS).spec
+    assert spec["orphaned"] is True and spec["orphaned_by"] == "test.Maker" and spec["namespaces"] == ["made"]
+    assert "test.Maker" in _cosihost(sup, "get", "rd", THINGS).stdout
+
+
+def test_destroy_removes_what_nobody_holds(supervisor_factory) -> None:
+    sup = supervisor_factory(config=FAST + "[controllers]\nremoved_outputs = \"destroy\"\n",
+                             controllers={"maker": MAKER})
+    wait_for(lambda: _ids(sup) == ["a", "b", "c"], message="the outputs")
+    with sup.client(admin=True) as admin:
+        admin.add_finalizer("made", THINGS, "b", "someone.Else")
+    _remove(sup, "maker.py", "test.Maker")
+    wait_for(lambda: _ids(sup) == ["b"], message="the unheld outputs destroyed")
+    with sup.client() as c:
+        held = c.get("made", THINGS, "b")
+        assert held.metadata.phase == "tearing-down" and held.metadata.finalizers == ["someone.Else"]
+        definition = c.get("meta", DEFINITIONS, THINGS).spec     # "b" is left: still findable
+    assert definition["orphaned"] is True
