@@ -178,7 +178,8 @@ class ProbeMessage:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    frame: bytes = msgpack.packb(obj, use_bin_type=True)
+    return frame
 
 
 def _unpack(frame: bytes) -> Any:

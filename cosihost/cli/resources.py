@@ -96,7 +96,8 @@ def _watch(client: Client, view: View, ns: str, type: str, id: str | None, label
                     elif event.resource is not None:
                         first.append(event.resource)
                     continue
-                if id is not None and event.kind == "destroyed" and event.resource.metadata.version == 0:
+                if (id is not None and event.kind == "destroyed" and event.resource is not None
+                        and event.resource.metadata.version == 0):
                     continue  # the tombstone of a resource that does not exist yet
                 view.event(event.kind, event.resource)
     except KeyboardInterrupt:
@@ -343,7 +344,7 @@ def _wait_released(client: Client, ns: str, type: str, id: str, timeout: float) 
             if event.kind == "destroyed":
                 click.echo(f"{ns}/{type}/{id} deleted")
                 return False
-            held = event.resource.metadata.finalizers
+            held = event.resource.metadata.finalizers if event.resource is not None else []
             if not held:
                 return True
 

@@ -284,7 +284,8 @@ class Api:
             blob = None if res is None else record.blob if record is not None else pack(res)
             return {"resource": blob, "seq": record.seq if record is not None else 0, **extra}
 
-        return self._off_loop(namespace, later, work)
+        written: dict[str, Any] = self._off_loop(namespace, later, work)
+        return written
 
     def _off_loop(self, namespace: str, later: Callable[[], Respond], work: Callable[[], Any]) -> Any:
         """``work()`` now, or, where the namespace is kept elsewhere (it may
@@ -312,7 +313,11 @@ class Api:
         ns, typ, rid = _names(args)
         owner = access.effective_owner(caller, args.get("owner"))
         access.check_write(caller, self.host.registry, ns, typ)
-        return self._write(ns, later, lambda: (self.state.destroy(ns, typ, rid, owner=owner), {}))
+        def do() -> tuple[Resource | None, dict[str, Any]]:
+            self.state.destroy(ns, typ, rid, owner=owner)
+            return None, {}
+
+        return self._write(ns, later, do)
 
     def op_teardown(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         ns, typ, rid = _names(args)
@@ -434,7 +439,8 @@ class Api:
             return {"epoch": self.state.epoch, "seq": seq, "error": error,
                     "records": [[r.seq, r.kind, r.id, r.blob, r.old, r.mark_rev] for r in records]}
 
-        return self._off_loop(ns, later, work)
+        resumed: dict[str, Any] = self._off_loop(ns, later, work)
+        return resumed
 
     def op_probe(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
         topic, nonce = args["topic"], args["nonce"]

@@ -63,7 +63,7 @@ def _buckets(hist: Histogram) -> list[tuple[str, float]]:
     total = 0
     for bound, count in zip(hist.bounds, hist.counts):
         total += count
-        out.append((floatToGoString(bound), total))
+        out.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
     out.append(("+Inf", total + hist.counts[-1]))
     return out
 
@@ -169,7 +169,7 @@ class Exporter:
 
     def __init__(self, figures: Figures, listen: tuple[str, int], runtime_dir: Path) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(figures))  # type: ignore[arg-type]
+        self.registry.register(SnapshotCollector(figures))
         ProcessCollector(namespace="cosihost_supervisor", registry=self.registry)
         host, port = listen
         try:

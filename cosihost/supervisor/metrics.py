@@ -115,7 +115,7 @@ class Figures:
         self.loop_lag = Histogram(LAG_BUCKETS)
         #: Connections to the events socket, counted from its monitor.
         self.subscribers = 0
-        self.monitor: zmq.Socket | None = None
+        self.monitor: "zmq.Socket[bytes] | None" = None
         self._exporter: Any = None
         self._durations: dict[str, Any] = {}
         self._asks: queue.SimpleQueue[_Ask] = queue.SimpleQueue()
@@ -130,7 +130,8 @@ class Figures:
             raise InvalidRequestError(f"metrics need prometheus-client ({exc.name} is missing): "
                                       "pip install prometheus-client") from None
         self._exporter = Exporter(self, self.listen, runtime_dir)
-        return self._exporter.address
+        address: str = self._exporter.address
+        return address
 
     def close(self) -> None:
         if self._exporter is not None:
@@ -145,7 +146,7 @@ class Figures:
         if durations is not None:
             self._durations[name] = durations
 
-    def watch_subscribers(self, pub: zmq.Socket) -> None:
+    def watch_subscribers(self, pub: "zmq.Socket[bytes]") -> None:
         """Monitor the events socket's connections (call before it binds);
         the loop polls :attr:`monitor`."""
         self.monitor = pub.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
@@ -158,7 +159,7 @@ class Figures:
         if not self._asks.empty():
             self._answer(sup, ready=ready, published=published, etcd=etcd)
 
-    def _count_connections(self, monitor: zmq.Socket, budget: int = 256) -> None:
+    def _count_connections(self, monitor: "zmq.Socket[bytes]", budget: int = 256) -> None:
         for _ in range(budget):
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -318,7 +319,7 @@ class Supervisor:
                 self.pub.setsockopt(zmq.UNSUBSCRIBE, topic)
                 continue
             try:
-                identity = frame.get("User-Id")
+                identity = str(frame.get("User-Id"))
             except zmq.ZMQError:
                 identity = ""
             caller = self._subscriber(identity)
@@ -539,13 +540,13 @@ class Supervisor:
         """Answer up to ``budget`` queued requests, then let the loop breathe."""
         for _ in range(budget):
             # Asking is cheaper than catching zmq.Again at the end of every batch.
-            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             frames = self.router.recv_multipart(zmq.NOBLOCK)
             if len(frames) < 3 or frames[-2] != b"":
                 continue  # not a REQ envelope: nobody to answer
             envelope = frames[:-1]
-            answer = self.api.handle(frames[-1], lambda rid, env=envelope: self._responder(env, rid))
+            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope))
             if answer is not None:
                 self.router.send_multipart(envelope + [answer])
 

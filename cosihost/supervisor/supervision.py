@@ -86,7 +86,7 @@ class Supervision:
             summary["stopped"].extend(
                 self._retire_module(result.module, keep={d.get("name") for d in result.declarations}))
             self._unrefuse(result.module)
-            names = [d.get("name") for d in result.declarations]
+            names = [str(d.get("name")) for d in result.declarations]
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice and not result.error:
                 result.error = f"declares controller name(s) {', '.join(map(repr, twice))} more than once"
@@ -235,7 +235,7 @@ class Supervision:
         limits = {**slot.decl.limits, **self.settings.limits.get(slot.name, {})}
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
-        proc = None
+        proc: Any = None  # a zygote child, or a Popen
         zygote = self._zygote()
         if zygote is not None:
             try:

@@ -87,7 +87,8 @@ class _StateRequester:
         if op == "update":
             res = s.update(unpack(args["resource"]), owner=owner, expected_phase=args.get("expected_phase"))
             return {"resource": pack(res), "seq": 0}
-        key = (args.get("namespace"), args.get("type"), args.get("id"))
+        key: tuple[str, str, str] = (args["namespace"], args["type"], args["id"]) if op in (
+            "destroy", "teardown", "add_finalizer", "remove_finalizer") else ("", "", "")
         if op == "destroy":
             s.destroy(*key, owner=owner)
             return {"resource": None, "seq": 0}
@@ -243,8 +244,9 @@ class ControllerHarness:
         def check() -> Resource | None:
             res = self.get(namespace, type, id)
             return res if res is not None and (predicate is None or predicate(res)) else None
-        return self._wait_about(check, namespace, type, id, "to exist" if predicate is None else "to match",
-                                timeout)
+        found: Resource = self._wait_about(check, namespace, type, id,
+                                           "to exist" if predicate is None else "to match", timeout)
+        return found
 
     def wait_for_spec(self, namespace: str, type: str, id: str, expected: Any = _MISSING, *,
                       timeout: float = 5.0) -> Resource:
@@ -257,7 +259,8 @@ class ControllerHarness:
             res = self.get(namespace, type, id)
             return res if res is not None and test(res.spec) else None
         what = "to have the expected spec" if callable(expected) else f"to have spec {expected!r}"
-        return self._wait_about(check, namespace, type, id, what, timeout)
+        found: Resource = self._wait_about(check, namespace, type, id, what, timeout)
+        return found
 
     def wait_destroyed(self, namespace: str, type: str, id: str, *, timeout: float = 5.0) -> None:
         """Wait until the resource does not exist."""

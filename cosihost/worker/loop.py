@@ -56,7 +56,7 @@ class WorkerLoop:
         finally:
             ctx.destroy(linger=0)
 
-    def _run(self, ctx: zmq.Context) -> None:
+    def _run(self, ctx: "zmq.Context[zmq.Socket[bytes]]") -> None:
         s = self.settings
         cls = type(self.controller)
         decl = cls.declaration()

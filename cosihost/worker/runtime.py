@@ -134,8 +134,8 @@ class ControllerRuntime:
     @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str) -> bool:
         self._writable(type)
-        return self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
-                           id=id)["ready"]
+        return bool(self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
+                                id=id)["ready"])
 
     def _strong_input(self, namespace: str, type: str) -> None:
         if not any(i.namespace == namespace and i.type == type and i.kind == "strong" for i in self.inputs):

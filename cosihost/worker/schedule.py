@@ -60,7 +60,7 @@ class Scheduler:
             self._event_loop.run_until_complete(result)
 
     def attempts(self) -> int:
-        return self.rt.counters.reconciles + self.rt.counters.crashes
+        return int(self.rt.counters.reconciles + self.rt.counters.crashes)
 
     def due(self, now: float) -> bool:
         if self.dirty and now >= self.backoff_until:
