@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from . import wire
+from .keys import ClientKey
 from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
 from .resource import Resource, check_name, unpack, validate
 from .selectors import parse_query
@@ -37,15 +38,26 @@ class Client:
 
     ``admin=True`` authenticates with the runtime directory's admin token
     (readable only by the supervisor's user), which may act as any owner.
+    ``remote="tcp://HOST:PORT", key=FILE`` talks to a supervisor on another
+    machine over CURVE instead, as the role its config gives the key.
     """
 
     def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.0,
-                 retries: int = 2, admin: bool = False) -> None:
+                 retries: int = 2, admin: bool = False, remote: str | None = None,
+                 key: str | os.PathLike[str] | None = None) -> None:
         self.runtime_dir = Path(runtime_dir) if runtime_dir is not None else default_runtime_dir()
         self.timeout = timeout
         self.retries = retries
         self._token = ""
-        if admin:
+        self._curve: ClientKey | None = None
+        self._api = endpoint(self.runtime_dir, wire.API_SOCKET)
+        self._events = endpoint(self.runtime_dir, wire.EVENTS_SOCKET)
+        if remote is not None:
+            if key is None:
+                raise InvalidRequestError("a remote client needs a key file (key=...)")
+            self._curve = ClientKey.load(key)
+            self._api, self._events = remote_endpoints(remote)
+        elif admin:
             try:
                 self._token = (self.runtime_dir / "admin.token").read_text().strip()
             except OSError as exc:
@@ -56,7 +68,7 @@ class Client:
         self._lock = threading.Lock()
 
     def requester(self, *, timeout: float | None = None, retries: int | None = None) -> Requester:
-        req = Requester(self._ctx, endpoint(self.runtime_dir, wire.API_SOCKET), token=self._token,
+        req = Requester(self._ctx, self._api, token=self._token, curve=self._curve,
                         timeout=self.timeout if timeout is None else timeout,
                         retries=self.retries if retries is None else retries)
         with self._lock:
@@ -180,8 +192,7 @@ class RemoteWatch(EventStream):
         self._done = False
         self._heard = time.monotonic()
         self._req = client.requester()
-        self._sub = Subscriber(client._ctx, endpoint(client.runtime_dir, wire.EVENTS_SOCKET),
-                               token=client._token)
+        self._sub = Subscriber(client._ctx, client._events, token=client._token, curve=client._curve)
         try:
             self._sub.subscribe(self._req, namespace, type)
             self._start(bootstrap=bootstrap, since=since)
@@ -339,3 +350,11 @@ class RemoteWatch(EventStream):
         self._closed = True
         self._sub.close()
         self._req.close()
+
+
+def remote_endpoints(remote: str) -> tuple[str, str]:
+    """``tcp://HOST:PORT``: requests there, events on the next port."""
+    host, sep, port = remote.removeprefix("tcp://").rpartition(":")
+    if not remote.startswith("tcp://") or not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise InvalidRequestError(f"remote must be tcp://HOST:PORT, not {remote!r}")
+    return f"tcp://{host}:{port}", f"tcp://{host}:{int(port) + 1}"

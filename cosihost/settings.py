@@ -102,6 +102,8 @@ class Settings:
     history: int = 8192
     #: Where to serve Prometheus metrics, (host, port); None: not served.
     metrics_listen: tuple[str, int] | None = None
+    #: Remote access over CURVE (``[remote]``), or None: off.
+    remote: "RemoteAccess | None" = None
 
     @classmethod
     def build(cls, *, controllers_dir: str | os.PathLike[str] | None = None,
@@ -164,6 +166,8 @@ class Settings:
         if "history" in data:
             self.history = int(data["history"])
         self._apply_metrics(data.get("metrics"))
+        if data.get("remote") is not None:
+            self.remote = RemoteAccess.from_table(data["remote"])
 
     def _apply_metrics(self, table: Any) -> None:
         if table is None:
@@ -197,6 +201,54 @@ class Settings:
             self.bundled = table["bundled"]
 
 
+ROLES = ("read", "write", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteAccess:
+    """``[remote]``: the API over TCP with CURVE, for the keys it names.
+
+    ``listen = "tcp://HOST:PORT"`` serves requests on PORT and events on
+    PORT + 1; ``[remote.clients.NAME]`` gives a client's public ``key`` a
+    ``role``: read (reads and watches), write (and user writes), admin
+    (and anything the local admin may do, restarts and reloads included).
+    """
+
+    host: str
+    port: int
+    clients: dict[str, tuple[str, str]]  # public key -> (name, role)
+
+    @property
+    def requests(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    @property
+    def events(self) -> str:
+        return f"tcp://{self.host}:{self.port + 1}"
+
+    @classmethod
+    def from_table(cls, table: Any) -> "RemoteAccess":
+        from .keys import check_key
+        if not isinstance(table, dict):
+            raise InvalidRequestError("config: [remote] must be a table")
+        unknown = sorted(set(table) - {"listen", "clients"})
+        if unknown:
+            raise InvalidRequestError(f"config: unknown [remote] key {unknown[0]!r} (listen, clients)")
+        listen = table.get("listen")
+        if not isinstance(listen, str) or not listen.startswith("tcp://"):
+            raise InvalidRequestError(f"config: [remote] listen must be \"tcp://HOST:PORT\", not {listen!r}")
+        host, port = parse_listen(listen.removeprefix("tcp://"), "config: [remote] listen")
+        if not 0 < port < 65535:
+            raise InvalidRequestError("config: [remote] listen needs a port (events use the next one)")
+        clients: dict[str, tuple[str, str]] = {}
+        for name, entry in (table.get("clients") or {}).items():
+            where = f"config: [remote.clients.{name}]"
+            if not isinstance(entry, dict) or entry.get("role") not in ROLES:
+                raise InvalidRequestError(f"{where}: needs key = \"...\" and role = read, write or admin")
+            clients[check_key(entry.get("key"), f"{where} key")] = (name, entry["role"])
+        return cls(host, port, clients)
+
+
 def parse_listen(value: Any, where: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port); port 0 picks a free one."""
     if not isinstance(value, str):
@@ -211,11 +263,12 @@ def parse_listen(value: Any, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str], *, what: str = "config") -> dict[str, Any]:
+    """A TOML file; one clear error naming ``what`` it is when it cannot be read."""
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except OSError as exc:
-        raise InvalidRequestError(f"config {path}: {exc.strerror}") from None
+        raise InvalidRequestError(f"{what} {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidRequestError(f"config {path}: {exc}") from None
+        raise InvalidRequestError(f"{what} {path}: {exc}") from None

@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .keys import ClientKey
 from .errors import AccessDeniedError, UnavailableError, error_from_code
 
 
@@ -37,9 +38,10 @@ class Requester:
     """Request/reply with timeout, reopen and retry (Lazy Pirate)."""
 
     def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "",
-                 timeout: float = 5.0, retries: int = 3) -> None:
+                 timeout: float = 5.0, retries: int = 3, curve: "ClientKey | None" = None) -> None:
         self.address = address
         self.token = token
+        self.curve = curve
         self.timeout = timeout
         self.retries = retries
         self._ctx = ctx
@@ -53,6 +55,8 @@ class Requester:
         sock = self._ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
+        if self.curve is not None:
+            self.curve.apply(sock)
         sock.connect(self.address)
         return sock
 
@@ -93,14 +97,18 @@ class Subscriber:
     #: (the supervisor drops subscriptions it cannot place; see its server).
     RESEND_AFTER = 1.0
 
-    def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "", hwm: int = 100_000) -> None:
+    def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "", hwm: int = 100_000,
+                 curve: "ClientKey | None" = None) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-        credentials = wire.events_credentials(token)
-        self.sock.setsockopt(zmq.PLAIN_USERNAME, credentials)
-        self.sock.setsockopt(zmq.PLAIN_PASSWORD, credentials)
+        if curve is not None:  # a remote supervisor: its key, and ours, say who we are
+            curve.apply(self.sock)
+        else:
+            credentials = wire.events_credentials(token)
+            self.sock.setsockopt(zmq.PLAIN_USERNAME, credentials)
+            self.sock.setsockopt(zmq.PLAIN_PASSWORD, credentials)
         self.sock.connect(address)
         self._queued: collections.deque[tuple[bytes, wire.EventMessage]] = collections.deque()
 

@@ -18,16 +18,25 @@ from ..settings import Settings
 from .admin import controllers, graph, reload, restart
 from .common import Group
 from .finalizers import finalizers
+from .keys import keys
 from .resources import apply, delete, get
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--remote", metavar="tcp://HOST:PORT", envvar="COSIHOST_REMOTE", default=None,
+              help="Talk to the supervisor of another machine (its [remote] listen), over CURVE.")
+@click.option("--key", type=click.Path(dir_okay=False), envvar="COSIHOST_KEY", default=None,
+              help="The client key file for --remote (made with `cosihost keys new`).")
+@click.pass_context
+def main(ctx: click.Context, remote: str | None, key: str | None) -> None:
     """cosihost: a COSI-style controller host for devices.
 
     Start the supervisor with `cosihost run`; in another terminal,
     `cosihost get links` shows what the controllers found.
     """
+    if remote is not None and key is None:
+        raise click.UsageError("--remote needs --key FILE (or COSIHOST_KEY)")
+    ctx.meta["cosihost.remote"] = (remote, key) if remote is not None else None
 
 
 @main.command()
@@ -69,5 +78,5 @@ def run(controllers_dir: str | None, bundled: bool | None, runtime_dir: str | No
         raise click.ClickException(str(exc)) from None
 
 
-for _command in (get, apply, delete, finalizers, controllers, restart, reload, graph):
+for _command in (get, apply, delete, finalizers, keys, controllers, restart, reload, graph):
     main.add_command(_command)

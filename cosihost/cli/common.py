@@ -45,6 +45,10 @@ def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1
     closed when the command ends. ``admin``: what needs the admin token
     (e.g. "removing a finalizer"); the command fails saying so when the
     token cannot be read."""
+    ctx = click.get_current_context(silent=True)
+    remote = ctx.meta.get("cosihost.remote") if ctx is not None else None
+    if remote is not None:
+        return _connect_remote(ctx, *remote, timeout=timeout, retries=retries)
     rdir = resolve_runtime_dir(runtime_dir)
     sock = rdir / wire.API_SOCKET
     if not sock.exists():
@@ -57,14 +61,25 @@ def connect(runtime_dir: Path | None, *, timeout: float = 10.0, retries: int = 1
         client = Client(rdir, timeout=timeout, retries=retries, admin=bool(admin))
     except UnavailableError as exc:
         raise click.ClickException(f"{admin} is for the admin only: {exc} (run as the supervisor's user)") from None
+    return _answering(ctx, client, str(rdir), PING_TIMEOUT, f"no supervisor answering at {rdir}")
+
+
+def _connect_remote(ctx: click.Context | None, remote: str, key: str, *, timeout: float, retries: int) -> Client:
+    """A client of a remote supervisor; its key's role decides what it may do there."""
+    client = Client(remote=remote, key=key, timeout=timeout, retries=retries)
+    return _answering(ctx, client, remote, max(PING_TIMEOUT, 3.0),
+                      f"no supervisor answering at {remote} (or it does not know this key)")
+
+
+def _answering(ctx: click.Context | None, client: Client, where: str, ping: float, failure: str) -> Client:
+    """``client`` once its supervisor answered a ping, closed when the command ends."""
     try:
-        client.requester(timeout=PING_TIMEOUT, retries=0).call("ping")
+        client.requester(timeout=ping, retries=0).call("ping")
     except UnavailableError:
         client.close()
-        raise click.ClickException(f"no supervisor answering at {rdir}") from None
-    ctx = click.get_current_context(silent=True)
+        raise click.ClickException(failure) from None
     if ctx is not None:
-        ctx.obj = {"runtime_dir": rdir}
+        ctx.obj = {"runtime_dir": where}
         ctx.call_on_close(client.close)
     return client
 

@@ -34,6 +34,7 @@ from ..wire import Reply, Request
 from . import access
 from .access import ADMIN, USER, Caller
 from .registry import Registry
+from .remote_access import RemotePeer
 from .status import STATUS_NAMESPACE, STATUS_TYPE
 
 if TYPE_CHECKING:
@@ -162,12 +163,14 @@ class Api:
         self.last_record = record
 
     # -- entry -----------------------------------------------------------
-    def handle(self, frame: bytes, respond_later: Callable[[str], Respond]) -> bytes | None:
-        """Answer one request frame; None when the answer is deferred."""
+    def handle(self, frame: bytes, respond_later: Callable[[str], Respond], *,
+               remote: RemotePeer | None = None) -> bytes | None:
+        """Answer one request frame; None when the answer is deferred.
+        ``remote``: the peer of a remote request (its role decides, not a token)."""
         stats = self.stats
         started = time.perf_counter() if stats is not None else 0.0
         try:
-            answer, op, result = self._handle(frame, respond_later, started)
+            answer, op, result = self._handle(frame, respond_later, started, remote)
         except Exception as exc:  # a bug here must not take the supervisor down
             log.exception("request handling failed")
             answer, op, result = wire.encode_reply(Reply(False, "", code="internal",
@@ -176,8 +179,8 @@ class Api:
             stats.record(op, result, started)
         return answer
 
-    def _handle(self, frame: bytes, respond_later: Callable[[str], Respond],
-                started: float) -> tuple[bytes | None, str, str]:
+    def _handle(self, frame: bytes, respond_later: Callable[[str], Respond], started: float,
+                remote: RemotePeer | None) -> tuple[bytes | None, str, str]:
         """(the answer or None when deferred, the verb, the result for the metrics)."""
         try:
             req = wire.decode_request(frame)
@@ -185,7 +188,7 @@ class Api:
             return wire.encode_reply(Reply.error(exc.rid, exc)), "unknown", exc.code
         if self.stats is not None:
             respond_later = self.stats.timed(req.op, started, respond_later)
-        key = (req.token, req.rid)
+        key = (req.token if remote is None else f"remote:{remote.name}", req.rid)
         remember = req.op in WRITES and bool(req.rid)
         digest = hashlib.blake2b(frame, digest_size=16).digest() if remember else b""
         if remember:
@@ -210,7 +213,7 @@ class Api:
             return lambda reply: self._answer_deferred(key, digest, reply)
 
         try:
-            caller = self._identify(req)
+            caller = self._identify(req) if remote is None else remote.caller(req.op)
             result = getattr(self, "op_" + req.op)(caller, req.args, later)
             reply = Reply(True, req.rid, result=result)
         except Deferred:

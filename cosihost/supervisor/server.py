@@ -43,16 +43,18 @@ from .. import wire
 from ..errors import AccessDeniedError, InvalidRequestError
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
-from ..settings import Settings
+from ..keys import server_keys
+from ..settings import RemoteAccess, Settings
 from ..state.events import Record
 from ..wire import Reply
 from . import access
 from . import limits as limits_mod
-from . import processes
+from . import processes, remote_access
 from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
 from .registry import Registry
+from .remote_access import RemotePeer
 from .remote import RemoteWrites
 from .sdnotify import Notifier
 from .status import STATUS_NAMESPACE, StatusWriter, supervisor_declaration
@@ -195,6 +197,20 @@ class Supervisor:
             self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
+        self.remote_router: "zmq.Socket[bytes] | None" = None
+        self.remote_pub: "zmq.Socket[bytes] | None" = None
+        if self.settings.remote is not None:
+            self._bind_remote(self.settings.remote)
+
+    def _bind_remote(self, config: RemoteAccess) -> None:
+        keys = server_keys(self.settings.state_dir)
+        try:
+            self.remote_router, self.remote_pub = remote_access.bind(self.ctx, config, keys)
+        except zmq.ZMQError as exc:
+            raise InvalidRequestError(f"[remote] listen {config.requests} (events on port {config.port + 1}): "
+                                      f"{exc}") from None
+        log.info("remote access on %s and %s (CURVE; server key %s; %d client key(s))",
+                 config.requests, config.events, keys.public, len(config.clients))
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -217,7 +233,10 @@ class Supervisor:
 
     def _publish(self, namespace: str, type: str, record: Record) -> None:
         msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.mark_rev)
-        self.pub.send_multipart([wire.topic(namespace, type), wire.encode_event(msg)])
+        frames = [wire.topic(namespace, type), wire.encode_event(msg)]
+        self.pub.send_multipart(frames)
+        if self.remote_pub is not None:
+            self.remote_pub.send_multipart(frames)
         self.published += 1
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
@@ -226,6 +245,8 @@ class Supervisor:
     def publish_probe(self, topic: bytes, nonce: str) -> None:
         self._serve_subscriptions()  # those that came before the probe request: applied first
         self.pub.send_multipart([topic, wire.encode_probe(nonce)])
+        if self.remote_pub is not None:
+            self.remote_pub.send_multipart([topic, wire.encode_probe(nonce)])
 
     # -- who reads the events ----------------------------------------------------
     def _serve_zap(self, budget: int = 64) -> None:
@@ -246,6 +267,8 @@ class Supervisor:
 
     def _authenticate(self, frames: list[bytes]) -> tuple[bytes, bytes, bytes]:
         """(status code, status text, user id) for one ZAP request."""
+        if len(frames) >= 6 and frames[2] == remote_access.ZAP_DOMAIN and self.settings.remote is not None:
+            return remote_access.authenticate(self.settings.remote, frames[5], frames[6:])
         if len(frames) != 8 or frames[0] != b"1.0":
             return b"500", b"malformed ZAP request", b""
         _version, _rid, domain, address, _routing_id, mechanism, username, _password = frames
@@ -453,6 +476,9 @@ class Supervisor:
         poller.register(self.zap, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        for sock in (self.remote_router, self.remote_pub):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         if self.metrics is not None and self.metrics.monitor is not None:
             poller.register(self.metrics.monitor, zmq.POLLIN)
         stop_deadline: float | None = None
@@ -503,6 +529,10 @@ class Supervisor:
                 self._serve_subscriptions()  # before requests: a probe then finds them applied
             if self.router in events:
                 self._serve_requests()
+            if self.remote_router is not None and self.remote_router in events:
+                self._serve_remote_requests()
+            if self.remote_pub is not None and self.remote_pub in events:
+                _drain(self.remote_pub)  # remote roles read everything: subscriptions apply themselves
             if woke or self.supervision.stopping:
                 self.supervision.reap()
                 next_house = 0.0  # a restart may be due at once; statuses changed
@@ -550,10 +580,32 @@ class Supervisor:
             if answer is not None:
                 self.router.send_multipart(envelope + [answer])
 
-    def _responder(self, envelope: list[bytes], rid: str) -> Callable[[Reply], None]:
+    def _serve_remote_requests(self, budget: int = 256) -> None:
+        """Requests from remote peers: each acts as its key's role allows."""
+        sock = self.remote_router
+        assert sock is not None
+        for _ in range(budget):
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            if len(frames) < 3 or frames[-2].bytes != b"":
+                continue
+            peer = RemotePeer.parse(remote_access.user_id(frames[-1]))
+            if peer is None:
+                continue  # no ZAP identity: cannot happen on a CURVE socket, but never serve one
+            envelope = [f.bytes for f in frames[:-1]]
+            answer = self.api.handle(frames[-1].bytes, functools.partial(self._responder, envelope, sock=sock),
+                                     remote=peer)
+            if answer is not None:
+                sock.send_multipart(envelope + [answer])
+
+    def _responder(self, envelope: list[bytes], rid: str, *,
+                   sock: "zmq.Socket[bytes] | None" = None) -> Callable[[Reply], None]:
+        out = sock if sock is not None else self.router
+
         def respond(reply: Reply) -> None:
             reply.rid = rid
-            self.router.send_multipart(envelope + [wire.encode_reply(reply)])
+            out.send_multipart(envelope + [wire.encode_reply(reply)])
         return respond
 
     def _shutdown(self) -> None:
@@ -572,7 +624,7 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()
-        for name in ("router", "pub", "zap"):
+        for name in ("router", "pub", "zap", "remote_router", "remote_pub"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
@@ -599,3 +651,11 @@ def _peer_pid(address: bytes) -> int | None:
     if len(parts) == 4 and parts[3].isdigit():
         return int(parts[3])
     return None
+
+
+def _drain(sock: "zmq.Socket[bytes]", budget: int = 256) -> None:
+    for _ in range(budget):
+        try:
+            sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
