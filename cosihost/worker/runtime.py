@@ -30,6 +30,15 @@ class Counters:
     reads: int = 0
     writes: int = 0
     crashes: int = 0
+    # QControllers only (zero for others): items reconciled, requeued on
+    # request, queued now; map_input calls and the items they named; time
+    # spent in reconcile and map_input.
+    processed: int = 0
+    requeues: int = 0
+    queue_length: int = 0
+    mapped_in: int = 0
+    mapped_out: int = 0
+    busy_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
