@@ -152,7 +152,8 @@ class QScheduler:
                 self._finish(self._run(*taken))
                 if time.monotonic() >= deadline:
                     break
-        self.rt.counters.queue_length = len(self._entries) + len(self._held)
+        # Items not done: queued, waiting out a backoff or a requeue, or being reconciled.
+        self.rt.counters.queue_length = len(self._entries) + len(self._in_flight)
 
     def close(self) -> None:
         """Stop the threads, call the controller's shutdown hook, close its event loop."""
