@@ -213,3 +213,26 @@ def test_concurrent_reconciles_never_run_the_same_item_twice_at_once() -> None:
         h.wait_idle()
     assert c.overlaps == []
     assert c.most > 1   # it did run several at once
+
+
+def test_graph_probes_and_draws_queue_and_generic_controllers(tmp_path: Any) -> None:
+    """Modules declaring a QController and a generic one, probed in a child
+    process as the supervisor does, drawn by ``cosihost graph``."""
+    import subprocess
+    import sys
+
+    from cosihost.testing.conformance import Q_INT_TO_STR
+    (tmp_path / "q.py").write_text(Q_INT_TO_STR.format(src="ints", dst="strs"))
+    (tmp_path / "t.py").write_text(
+        "from cosihost import generic\n"
+        "Copy = generic.transform(name='test.Copy', input=('ints', 'Ints.test.cosihost.dev'),\n"
+        "                         output=('copies', 'Sentences.test.cosihost.dev'),\n"
+        "                         transform=lambda rt, i, o: o.spec.update(i.spec), input_finalizers=True)\n")
+    done = subprocess.run([sys.executable, "-m", "cosihost", "graph", "--controllers", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    dot = done.stdout
+    assert 'label="QIntToStrController [queue x4]"' in dot
+    assert 'label="primary strong (ints)"' in dot and 'label="mapped destroy-ready (strs)"' in dot
+    assert 'label="test.Copy"' in dot and 'label="strong (ints)"' in dot
+    assert 'label="destroy-ready (copies)"' in dot
