@@ -80,11 +80,11 @@ class QController(Controller):
         if "inputs" not in cls.__dict__:
             cls.inputs = [*cls.primary, *cls.mapped]
 
-    def reconcile(self, rt: Any, ptr: Pointer) -> None:  # type: ignore[override]
+    def reconcile(self, rt: Any, ptr: Pointer) -> Any:  # type: ignore[override]
         """Bring the outputs of one item in line. The item may be gone
         (``rt.get`` raises NotFoundError): clean up after it then. Return to
         finish the item; raise :class:`Requeue` to come back later; any
-        other exception retries it with backoff."""
+        other exception retries it with backoff. ``async def`` works too."""
         raise NotImplementedError
 
     def map_input(self, rt: Any, md: MappedMetadata) -> Iterable[Pointer]:

@@ -134,7 +134,8 @@ def render_graph(decls: Iterable[dict[str, Any]]) -> str:
     for decl in sorted(decls, key=lambda d: str(d.get("name"))):
         name = str(decl.get("name"))
         refused = decl.get("state") == "refused"
-        queue = decl.get("queue") if isinstance(decl.get("queue"), dict) else {}
+        raw = decl.get("queue")
+        queue: dict[str, Any] = raw if isinstance(raw, dict) else {}
         roles = {**{tuple(k): "primary " for k in queue.get("primary") or []},
                  **{tuple(k): "mapped " for k in queue.get("mapped") or []}}
         fill = "#dcfce7" if queue else "#e0e7ff"

@@ -240,6 +240,7 @@ class QScheduler:
             if job == "r":
                 self._await(self.controller.reconcile(self.proxy, Pointer(namespace, type, rid)))
             else:
+                assert md is not None  # a map job always carries the changed resource's metadata
                 pointers = [Pointer(*p) for p in self._await(self.controller.map_input(self.proxy, md)) or ()]
                 stray = [p for p in pointers if not any(i.namespace == p.namespace and i.type == p.type
                                                          for i in self._primary)]
