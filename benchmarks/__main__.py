@@ -29,6 +29,7 @@ BENCHMARKS = [
     "host_scale",
     "host_processes",
     "etcd_backend",
+    "qcontroller",
 ]
 
 

@@ -14,11 +14,12 @@ and the controller derives a HostnameSpecs resource with the same id: the
 name split into hostname and domain, checked (RFC 1123), and whether the
 machine already carries it. It never changes the machine's hostname.
 
-The config is a STRONG input: the controller puts its finalizer on every
-config it derived something from. When the user deletes the config
-(``cosihost delete hostnameconfig hostname``), the config goes to
-``tearing-down``; the controller destroys the derived spec, then removes its
-finalizer, and only then can the config be destroyed.
+It is a ``cosihost.generic.transform``: the config is a STRONG input, so
+the controller puts its finalizer on every config it derived something
+from. When the user deletes the config (``cosihost delete hostnameconfig
+hostname``), the config goes to ``tearing-down``; the controller destroys
+the derived spec, then removes its finalizer, and only then can the config
+be destroyed. A spec whose config is gone is destroyed too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from cosihost import Controller, Input, NotFoundError, Output, ResourceDefinition
+from cosihost import Controller, Input, NotFoundError, Output, ResourceDefinition, generic
 
 NETWORK = "network"
 CONFIG = "config"
@@ -92,45 +93,29 @@ def derive(config: dict, system: dict) -> dict:
     }
 
 
-class HostnameSpecController(Controller):
-    name = "net.HostnameSpecController"
-    inputs = [
-        Input(CONFIG, CONFIGS, kind="strong"),
-        Input(NETWORK, STATUSES, kind="weak"),
-    ]
-    outputs = [Output(SPECS, kind="exclusive")]
-    definitions = [
+def spec_from_config(rt, config, out) -> None:
+    """The transform: the HostnameSpecs resource one HostnameConfigs resource asks for."""
+    try:
+        system = rt.get(NETWORK, STATUSES, "hostname").spec
+    except NotFoundError:
+        system = {}
+    out.spec = derive(config.spec, system)
+
+
+# One spec per config, the config held by a finalizer until its spec is
+# destroyed, specs without a config destroyed: all of it is generic.transform.
+HostnameSpecController = generic.transform(
+    name="net.HostnameSpecController",
+    input=(CONFIG, CONFIGS),
+    output=(NETWORK, SPECS),
+    transform=spec_from_config,
+    input_finalizers=True,
+    extra_inputs=[Input(NETWORK, STATUSES, kind="weak")],   # re-derive in_sync when the system changes
+    definitions=[
         ResourceDefinition(CONFIGS, aliases=("hostnameconfig", "hostnameconfigs"), default_namespace=CONFIG,
                            print_columns=(("HOSTNAME", "hostname"),)),
         ResourceDefinition(SPECS, aliases=("hostnamespec", "hostnamespecs"), default_namespace=NETWORK,
                            print_columns=(("HOSTNAME", "hostname"), ("DOMAINNAME", "domainname"),
                                           ("VALID", "valid"), ("IN SYNC", "in_sync"), ("ERROR", "error"))),
-    ]
-
-    def reconcile(self, rt) -> None:
-        try:
-            system = rt.get(NETWORK, STATUSES, "hostname").spec
-        except NotFoundError:
-            system = {}
-        rt.start_tracking_outputs()
-        for config in rt.list(CONFIG, CONFIGS):
-            cid = config.metadata.id
-            held = self.name in config.metadata.finalizers
-            if config.metadata.phase == "tearing-down":
-                if held:
-                    self._destroy_spec(rt, cid)      # clean up first...
-                    rt.remove_finalizer(CONFIG, CONFIGS, cid, self.name)  # ...then let the config go
-                continue
-            if not held:
-                rt.add_finalizer(CONFIG, CONFIGS, cid, self.name)
-            spec = derive(config.spec, system)
-            rt.modify(NETWORK, SPECS, cid, lambda s: (s.clear(), s.update(spec)))
-        rt.cleanup_outputs()  # specs whose config is gone
-
-    @staticmethod
-    def _destroy_spec(rt, cid: str) -> None:
-        try:
-            if rt.teardown(NETWORK, SPECS, cid):
-                rt.destroy(NETWORK, SPECS, cid)
-        except NotFoundError:
-            pass
+    ],
+)

@@ -111,6 +111,11 @@ class Controller:
         awaited on the controller's own event loop."""
         raise NotImplementedError
 
+    def shutdown(self, rt: Any) -> None:
+        """Called once when the controller stops (its process ends, or the
+        test harness stops), after the last reconcile. ``rt`` still works
+        if the supervisor is up; a failure here is logged, nothing more."""
+
     @classmethod
     def declaration(cls) -> dict[str, Any]:
         """The declaration as plain data, as it is sent at registration."""

@@ -134,7 +134,8 @@ def _q(text: str) -> str:
 def render_graph(decls: Iterable[dict[str, Any]]) -> str:
     """Graphviz dot: controllers are boxes, resource types ellipses; an input
     is an edge type -> controller (bold: strong, dashed: weak, dotted:
-    destroy-ready), an output an edge controller -> type (bold: exclusive,
+    destroy-ready; a queue controller, green, labels its inputs primary or
+    mapped and shows its concurrency), an output an edge controller -> type (bold: exclusive,
     grey with a hollow head: shared)."""
     lines = ["digraph cosihost {", "  rankdir=LR;",
              '  node [fontname="Helvetica", fontsize=11];',
@@ -144,14 +145,20 @@ def render_graph(decls: Iterable[dict[str, Any]]) -> str:
     for decl in sorted(decls, key=lambda d: str(d.get("name"))):
         name = str(decl.get("name"))
         refused = decl.get("state") == "refused"
-        style = 'style="rounded,dashed", color="#b91c1c"' if refused else 'style="rounded,filled", fillcolor="#e0e7ff"'
-        label = _q(name + (" (refused)" if refused else ""))
-        lines.append(f'  {_q("c:" + name)} [shape=box, {style}, label={label}];')
+        raw = decl.get("queue")
+        queue: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        roles = {**{tuple(k): "primary " for k in queue.get("primary") or []},
+                 **{tuple(k): "mapped " for k in queue.get("mapped") or []}}
+        fill = "#dcfce7" if queue else "#e0e7ff"
+        style = 'style="rounded,dashed", color="#b91c1c"' if refused else f'style="rounded,filled", fillcolor="{fill}"'
+        text = name + (f" [queue x{queue.get('concurrency', 1)}]" if queue else "") + (" (refused)" if refused else "")
+        lines.append(f'  {_q("c:" + name)} [shape=box, {style}, label={_q(text)}];')
         for ns, typ, kind, rid in decl.get("inputs") or []:
             types.add(typ)
             where = f"{ns}/{rid}" if rid else ns
+            role = roles.get((ns, typ), "")
             edges.append(f'  {_q("t:" + typ)} -> {_q("c:" + name)} '
-                         f'[{INPUT_STYLE.get(kind, "")}, label={_q(f"{kind} ({where})")}];')
+                         f'[{INPUT_STYLE.get(kind, "")}, label={_q(f"{role}{kind} ({where})")}];')
         for typ, kind in decl.get("outputs") or []:
             types.add(typ)
             edges.append(f'  {_q("c:" + name)} -> {_q("t:" + typ)} [{OUTPUT_STYLE.get(kind, "")}, label={_q(kind)}];')

@@ -26,6 +26,8 @@ class Declaration:
     source: str = ""  # "module.py:Class", for messages
     limits: dict[str, Any] = dataclasses.field(default_factory=dict)
     definitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: A QController's primary and mapped inputs and concurrency (shown, not enforced).
+    queue: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, source: str = "") -> "Declaration":
@@ -34,9 +36,10 @@ class Declaration:
             outputs = [Output.from_wire(o) for o in data.get("outputs", [])]
             limits = dict(data.get("limits") or {})
             definitions = list(data.get("definitions") or [])
+            queue = dict(data.get("queue") or {})
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"declaration of {data.get('name')!r}: {exc}") from None
-        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions)
+        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions, queue)
         decl.check()
         return decl
 

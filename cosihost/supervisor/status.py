@@ -86,6 +86,7 @@ class StatusWriter:
             "reason": "",  # why it was refused; a running slot was not
             "inputs": [i.to_wire() for i in slot.decl.inputs] if slot.decl else [],
             "outputs": [o.to_wire() for o in slot.decl.outputs] if slot.decl else [],
+            **({"queue": slot.decl.queue} if slot.decl and slot.decl.queue else {}),
         }
 
     def refused(self, name: str, source: str, why: str) -> None:

@@ -85,6 +85,73 @@ class Sum{tag}(Controller):
 '''
 
 
+Q_INT_TO_STR = '''
+from cosihost import QController, Input, Output, NotFoundError, Pointer
+
+class QIntToStr(QController):
+    name = "QIntToStrController"
+    primary = [Input("{src}", "Ints.test.cosihost.dev", kind="strong")]
+    mapped = [Input("{dst}", "Strs.test.cosihost.dev", kind="destroy-ready")]
+    outputs = [Output("Strs.test.cosihost.dev")]
+    concurrency = 4
+
+    def reconcile(self, rt, ptr):
+        try:
+            src = rt.get(*ptr)
+        except NotFoundError:
+            return
+        if src.metadata.phase == "tearing-down":
+            try:
+                if not rt.teardown("{dst}", "Strs.test.cosihost.dev", ptr.id):
+                    return  # held downstream: its destroy-ready event maps back here
+                rt.destroy("{dst}", "Strs.test.cosihost.dev", ptr.id)
+            except NotFoundError:
+                pass
+            rt.remove_finalizer(*ptr, self.name)
+            return
+        rt.add_finalizer(*ptr, self.name)
+        value = str(src.spec["value"])
+        rt.modify("{dst}", "Strs.test.cosihost.dev", ptr.id, lambda s: s.update(value=value))
+
+    def map_input(self, rt, md):
+        return [Pointer("{src}", "Ints.test.cosihost.dev", md.id)]
+
+    def shutdown(self, rt):
+        count = 0
+        try:
+            count = rt.get("{dst}", "Strs.test.cosihost.dev", "shutdowns").spec["count"]
+        except NotFoundError:
+            pass
+        rt.modify("{dst}", "Strs.test.cosihost.dev", "shutdowns", lambda s: s.update(value=str(count + 1), count=count + 1))
+'''
+
+Q_FAILING = '''
+from cosihost import QController, Input, Output, NotFoundError, Requeue
+
+class QFailing(QController):
+    name = "QFailingController"
+    primary = [Input("{src}", "Sentences.test.cosihost.dev")]
+    outputs = [Output("Strs.test.cosihost.dev")]
+    concurrency = 4
+
+    def reconcile(self, rt, ptr):
+        try:
+            value = rt.get(*ptr).spec["value"]
+        except NotFoundError:
+            return
+        if value == "fail":
+            raise RuntimeError("failing as requested")
+        if value == "requeue_no_error":
+            raise Requeue(0.1)
+        if value == "requeue_with_error":
+            raise Requeue(0.1, RuntimeError("requeue with error"))
+        rt.modify("{dst}", "Strs.test.cosihost.dev", ptr.id, lambda s: s.update(value=value))
+
+    def map_input(self, rt, md):
+        raise AssertionError("nothing is mapped")
+'''
+
+
 def values(client: Client, namespace: str, type: str) -> dict[str, Any]:
     """Each resource's ``spec["value"]``, by id."""
     return {r.metadata.id: r.spec["value"] for r in client.list(namespace, type)}

@@ -40,7 +40,7 @@ from ..state import InMemoryState
 from ..state.events import BOOTSTRAPPED, ERROR, parse_bookmark
 from ..supervisor.registry import Declaration
 from ..worker.entry import controllers_of, load_module
-from ..worker.schedule import Scheduler
+from ..worker.schedule import scheduler_for
 from ..worker.runtime import ControllerRuntime
 from .process import wait_for
 
@@ -169,8 +169,8 @@ class ControllerHarness:
         self.rt = ControllerRuntime(self.name, _StateRequester(self.state), _StateCache(self.state),  # type: ignore[arg-type]
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
-        self._loop = Scheduler(self.controller, self.rt, backoff_base=backoff_base, backoff_cap=backoff_cap,
-                               on_error=self.errors.append)
+        self._loop = scheduler_for(self.controller, self.rt, backoff_base=backoff_base, backoff_cap=backoff_cap,
+                                   on_error=self.errors.append)
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0           # events handed over by watchers, not yet applied

@@ -23,7 +23,7 @@ from ..errors import UnavailableError
 from ..transport import Requester, Subscriber, endpoint
 from .cache import Cache, Kind
 from .runtime import ControllerRuntime
-from .schedule import Scheduler
+from .schedule import scheduler_for
 
 log = logging.getLogger("cosihost.worker")
 
@@ -48,12 +48,15 @@ class WorkerLoop:
         self.suspects: set[Kind] = set()
         #: Input kinds not synced yet: no reconcile until they are.
         self.unsynced: set[Kind] = set()
+        self.sched: Any = None  # a Scheduler, or a QScheduler for a QController
 
     def run(self) -> None:
         ctx = zmq.Context()
         try:
             self._run(ctx)
         finally:
+            if self.sched is not None:
+                self.sched.close()  # the shutdown hook, while the sockets still work
             ctx.destroy(linger=0)
 
     def _run(self, ctx: "zmq.Context[zmq.Socket[bytes]]") -> None:
@@ -71,7 +74,8 @@ class WorkerLoop:
         self.rt = ControllerRuntime(s.name, req, self.cache,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
-        self.sched = Scheduler(self.controller, self.rt, backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
+        self.sched = scheduler_for(self.controller, self.rt, backoff_base=s.backoff_base,
+                                   backoff_cap=s.backoff_cap)
         kinds = list(dict.fromkeys((i.namespace, i.type) for i in self.rt.inputs))
         for kind in kinds:
             self._sync(kind)

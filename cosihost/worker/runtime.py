@@ -35,6 +35,15 @@ class Counters:
     reads: int = 0
     writes: int = 0
     crashes: int = 0
+    # QControllers only (zero for others): items reconciled, requeued on
+    # request, queued now; map_input calls and the items they named; time
+    # spent in reconcile and map_input.
+    processed: int = 0
+    requeues: int = 0
+    queue_length: int = 0
+    mapped_in: int = 0
+    mapped_out: int = 0
+    busy_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -162,14 +171,16 @@ class ControllerRuntime:
         exit, applied all or none; each returns what it will have written,
         decided against this controller's cache. Afterwards the cache shows
         them all, and the controller's next round sees the whole transaction."""
-        return open_transaction(self._local, read=self._cached, now=time.time, commit=self._commit,
+        return open_transaction(self._local, read=self.cached, now=time.time, commit=self.commit,
                                 owner=self.name)
 
-    def _cached(self, key: Key) -> Resource | None:
+    def cached(self, key: Key) -> Resource | None:
+        """What the cache holds at ``key`` (a transaction's reader)."""
         self._readable(key[0], key[1])
         return self._cache.get(*key)
 
-    def _commit(self, ops: Sequence[Op]) -> None:
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Send a transaction's operations (``transaction()`` calls it on exit)."""
         if not ops:
             return
         for op in ops:

@@ -47,10 +47,10 @@ class Scheduler:
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def close(self) -> None:
-        """Close the event loop an async controller ran on, if any."""
-        if self._event_loop is not None:
-            self._event_loop.close()
-            self._event_loop = None
+        """Call the controller's shutdown hook; close the event loop an
+        async controller ran on, if any."""
+        close_controller(self.controller, self.rt, self._event_loop)
+        self._event_loop = None
 
     def _reconcile(self) -> None:
         result = self.controller.reconcile(self.rt)
@@ -109,6 +109,26 @@ class Scheduler:
         self.durations.observe(time.perf_counter() - started)
         self.failures = 0
         self.rt.counters.reconciles += 1
+
+
+def close_controller(controller: Any, rt: Any, event_loop: asyncio.AbstractEventLoop | None) -> None:
+    """The controller's shutdown hook (a failure is only logged), then the
+    event loop its async reconciles ran on."""
+    try:
+        controller.shutdown(rt)
+    except Exception:
+        log.exception("shutdown hook failed")
+    if event_loop is not None:
+        event_loop.close()
+
+
+def scheduler_for(controller: Any, rt: Any, **options: Any) -> Any:
+    """The scheduler a controller needs: a queue for a QController."""
+    from ..qcontroller import QController
+    if isinstance(controller, QController):
+        from .queue import QScheduler
+        return QScheduler(controller, rt, **options)
+    return Scheduler(controller, rt, **options)
 
 
 def _destroy_ready(kind: str, res: Resource) -> bool:
