@@ -31,6 +31,7 @@ from typing import Any, Callable
 from ..controller import Input
 from ..qcontroller import MappedMetadata, Pointer, QController, Requeue
 from ..resource import Resource
+from ..wire import RECONCILE_BUCKETS, Histogram
 from .qthreads import Marshalled, Outcome, Pool, run_awaitable
 from .schedule import _destroy_ready, close_controller
 
@@ -77,6 +78,8 @@ class QScheduler:
         n = max(1, int(controller.concurrency))
         self._pool = Pool(n, self._run) if n > 1 else None
         self.proxy: Any = Marshalled(rt, self._pool) if self._pool is not None else rt
+        #: How long each item's reconcile took (failed ones too), for the heartbeat.
+        self.durations = Histogram(RECONCILE_BUCKETS)
 
     # -- the interface the loops drive ------------------------------------------
     @property
@@ -263,6 +266,7 @@ class QScheduler:
         key, now = out.key, time.monotonic()
         c.busy_ms += int(out.busy * 1000)
         if key[0] == "r":
+            self.durations.observe(out.busy)
             c.processed += 1
         with self._lock:
             self._in_flight.discard(key)
