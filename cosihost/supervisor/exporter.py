@@ -55,6 +55,13 @@ CONTROLLER_FIGURES: dict[str, tuple[str, str, str]] = {
     "waiting": ("cosihost_controller_waiting_inputs", "gauge", "Input kinds that cannot be synced yet."),
     "pending": ("cosihost_controller_pending", "gauge",
                 "1 while changes wait for a reconcile (dirty, e.g. in backoff), at the last heartbeat."),
+    # queue controllers (cosihost.QController) only:
+    "queue_length": ("cosihost_controller_queue_length", "gauge", "Items queued or being reconciled."),
+    "processed": ("cosihost_controller_items_processed", "counter", "Queue items reconciled (any outcome)."),
+    "requeues": ("cosihost_controller_requeues", "counter", "Queue items put back (Requeue or failure)."),
+    "mapped_in": ("cosihost_controller_mapped_in", "counter", "Events of mapped inputs given to map_input."),
+    "mapped_out": ("cosihost_controller_mapped_out", "counter", "Queue items map_input returned."),
+    "busy_ms": ("cosihost_controller_busy_milliseconds", "counter", "Time spent in reconciles of queue items."),
 }
 
 

@@ -54,6 +54,19 @@ class Worker(Controller):
             rt.modify("work-out", "Strs.test.cosihost.dev", res.metadata.id, lambda s: s.update(value=value))
 '''
 
+QWORKER = '''
+from cosihost import Input, Output, QController
+
+class QWorker(QController):
+    name = "test.QWorker"
+    primary = [Input("q-in", "Ints.test.cosihost.dev")]
+    outputs = [Output("QStrs.test.cosihost.dev")]
+
+    def reconcile(self, rt, ptr):
+        value = str(rt.get(*ptr).spec["value"])
+        rt.modify("q-out", "QStrs.test.cosihost.dev", ptr.id, lambda s: s.update(value=value))
+'''
+
 
 class Scrape:
     """One scrape of the endpoint, parsed."""
@@ -178,8 +191,20 @@ def test_supervisor_figures_follow_requests_events_and_subscribers(supervisor_fa
     assert lag.value("cosihost_supervisor_process_resident_memory_bytes") > 0
 
 
+def test_a_queue_controller_reports_its_queue(supervisor_factory):
+    sup = supervisor_factory(config=CONFIG, controllers={"qworker": QWORKER})
+    with sup.client() as c:
+        for i in range(5):
+            c.create(Resource("q-in", INT, f"q{i}", {"value": i}))
+    m = scrape_until(metrics_address(sup),
+                     lambda m: m.of("cosihost_controller_items_processed_total", "test.QWorker") >= 5
+                     and m.of("cosihost_controller_queue_length", "test.QWorker") == 0, "five items processed")
+    assert m.of("cosihost_controller_busy_milliseconds_total", "test.QWorker") >= 0
+    assert m.value("cosihost_controller_reconcile_duration_seconds_count", controller="test.QWorker") >= 5
+
+
 def test_every_metric_is_documented(supervisor_factory):
-    sup = supervisor_factory(config=CONFIG, controllers={"worker": WORKER})
+    sup = supervisor_factory(config=CONFIG, controllers={"worker": WORKER, "qworker": QWORKER})
     m = scrape_until(metrics_address(sup), lambda m: m.of("cosihost_controller_reconciles_total") >= 1,
                      "the worker reconciled")
     served = {name for name in m.families
