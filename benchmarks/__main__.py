@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .report import Figure, print_json, print_table
+from .report import Figure, Skipped, print_json, print_table
 
 #: Where ``--plot`` writes the write-to-event latency distribution.
 LATENCY_PNG = Path(__file__).resolve().parent.parent / "docs" / "latency.png"
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
             result = module.run(args.quick)
+        except Skipped as skip:
+            print(f"# {name}: skipped: {skip}", file=sys.stderr, flush=True)
+            print_json(skip.figures)
+            figures.extend(skip.figures)
+            continue
         except Exception:
             traceback.print_exc()
             print(f"# {name}: FAILED", file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ from cosihost.testing.etcdcluster import EtcdCluster
 
 from .harness import Processes, percentile
 from .payload import make_spec
-from .report import Figure
+from .report import Figure, Skipped
 from .timing import rate
 
 #: Writers in flight at once for the concurrent figures.
@@ -72,6 +72,9 @@ DIRECT_PREFIX = "/direct"
 RAW_PREFIX = b"/raw/"
 #: Packed size aimed at for the spec of every created resource.
 SPEC_BYTES = 400
+#: The figures this benchmark takes.
+FIGURES = ("etcd_write_rate", "etcd_concurrent_write_rate", "etcd_event_latency_p50",
+           "memory_write_rate_beside_etcd", "etcd_state_write_rate")
 #: How long one write, or the event of one write, may take before the run fails.
 WAIT = 10.0
 
@@ -81,7 +84,7 @@ def run(quick: bool) -> list[Figure]:
     repeat = 2 if quick else 3
     warmup = 50 if quick else 200
     if shutil.which("etcd") is None:
-        raise RuntimeError("etcd is not on PATH (Debian package etcd-server)")
+        raise Skipped(FIGURES, "etcd is not on PATH (apt-get install etcd-server)")
     with etcd_member() as endpoints:
         raw = Raw(raw_put_rate(endpoints[0], n, repeat, warmup, watched=False),
                   raw_put_rate(endpoints[0], n, repeat, warmup, watched=True),

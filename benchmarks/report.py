@@ -44,13 +44,16 @@ class Figure:
     ok: bool | None = None
     goal: str = ""
     samples: dict[str, list[float]] | None = dataclasses.field(default=None, repr=False)
+    #: Why the figure could not be taken on this machine (a missing tool):
+    #: reported as skipped, not as a failure.
+    skipped: str = ""
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline and self.value is not None:
             self.ratio = self.value / self.baseline
         if self.goal and self.goal not in GOALS:
             raise ValueError(f"goal {self.goal!r} is not one of {', '.join(GOALS)}")
-        if self.value is None and self.ok is None:
+        if self.value is None and self.ok is None and not self.skipped:
             self.ok = False
 
     @property
@@ -72,7 +75,7 @@ class Figure:
         return f"{what if what == 'ratio' else ''} {op} {_human(self.target)}".strip()
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        line: dict[str, object] = {
             "name": self.name,
             "value": _round(self.value),
             "unit": self.unit,
@@ -80,6 +83,17 @@ class Figure:
             "ratio": _round(self.ratio),
             "target": _round(self.target),
         }
+        if self.skipped:
+            line["skipped"] = self.skipped
+        return line
+
+
+class Skipped(Exception):
+    """Raised by a benchmark whose figures need a tool this machine lacks."""
+
+    def __init__(self, names: Iterable[str], reason: str) -> None:
+        super().__init__(reason)
+        self.figures = [Figure(name, None, "", skipped=reason, note=f"skipped: {reason}") for name in names]
 
 
 def _round(x: Any, digits: int = 6) -> Any:
@@ -108,7 +122,7 @@ def _human(x: float | None) -> str:
 def print_table(figures: Iterable[Figure], out: IO[str] = sys.stdout, *, markdown: bool = False) -> None:
     rows = [("name", "value", "unit", "baseline", "ratio", "target", "met", "note")]
     for f in figures:
-        note = f"FAILED: {f.note}" if f.ok is False else f.note
+        note = f"FAILED: {f.note}" if f.ok is False else f.note  # a skipped figure's note says why
         met = {None: "", True: "yes", False: "NO"}[f.met]
         rows.append((f.name, _human(f.value), f.unit, _human(f.baseline), _human(f.ratio),
                      f.describe_target(), met, note))
