@@ -1,6 +1,6 @@
 """systemd/cosihost.service under a real systemd, booted in a container.
 
-Uses the shared recipe ``<checkout>/../shared/recipes/systemd-container.sh``:
+Uses the project's own container (``nspawn.py`` beside this file):
 systemd-nspawn boots this machine's /usr read-only over an empty tmpfs root.
 Bound into it: this interpreter and the site-packages that hold cosihost's
 dependencies (at their own paths), the checkout (read-only, as
@@ -23,8 +23,6 @@ import json
 import os
 import re
 import secrets
-import shlex
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -36,17 +34,18 @@ import pytest
 
 from cosihost.testing import wait_for
 
+from nspawn import BootError, SystemdContainer, unavailable
+
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO.parent / "shared" / "recipes" / "systemd-container.sh"
 UNIT = REPO / "systemd" / "cosihost.service"
 CONFIG = REPO / "systemd" / "config.toml"
 SRC = "/opt/cosihost/src"  # the checkout, inside
 CONTROLLERS = "/etc/cosihost/controllers.d"
 WATCHDOG_SEC = 2
 SLOW_START = 1.0  # seconds the "slow" controller's first reconcile takes
-DEPENDENCIES = ("pyzmq", "msgpack", "psutil", "click", "setproctitle", "PyYAML")
+DEPENDENCIES = ("pyzmq", "msgpack", "psutil", "click", "setproctitle", "PyYAML", "google-re2", "prometheus-client")
 STATUS_TYPE = "ControllerStatuses.runtime.cosihost.dev"
 
 SLOW = '''
@@ -78,21 +77,6 @@ with Client(timeout=3, retries=1) as c:
 '''
 
 
-def _preflight() -> str | None:
-    """Why the container cannot run here, or None."""
-    if not RECIPE.is_file():
-        return f"no container recipe at {RECIPE} (a checkout without ../shared beside it)"
-    if os.geteuid() != 0:
-        return "systemd-nspawn needs root"
-    for tool in ("systemd-nspawn", "nsenter", "systemctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install -y systemd-container)"
-    if not (os.path.isdir("/sys/fs/cgroup/unified") and os.path.isdir("/sys/fs/cgroup/systemd")):
-        return ("the recipe needs a hybrid cgroup tree (/sys/fs/cgroup/systemd and /unified), "
-                "i.e. a machine whose PID 1 is not systemd")
-    return None
-
-
 def _binds_for_python() -> list[str]:
     """The interpreter and the folders cosihost's dependencies live in, at their own paths."""
     paths = {Path(sys.base_prefix), Path(sys.prefix)}
@@ -110,13 +94,10 @@ class Container:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.name = f"cosihost-it-{os.getpid()}-{secrets.token_hex(3)}"
-        self.env = dict(os.environ, NAME=self.name, STATE=str(base / "state"))
         self.controllers = base / "controllers"
         self.controllers.mkdir()
         self.python_binds = _binds_for_python()
-        # A copy: `stop` must work even if the checkout moves while the tests run.
-        self.recipe = base / RECIPE.name
-        shutil.copy2(RECIPE, self.recipe)
+        self.box = SystemdContainer(self.name, base / "state")
 
     def _files(self) -> list[str]:
         b = self.base
@@ -154,28 +135,19 @@ class Container:
         return binds
 
     def boot(self) -> None:
-        env = dict(self.env, EXTRA=" ".join(shlex.quote(a) for a in self._files()))
-        done = subprocess.run(["bash", str(self.recipe), "boot"], env=env, capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            console = (self.base / "state" / "console.log")
-            log = console.read_text(errors="replace") if console.exists() else ""
-            why = (done.stderr + log)[-3000:]
-            if re.search(r"Operation not permitted|Permission denied|not supported", log):
-                pytest.skip(f"systemd-nspawn cannot run here: {why.strip().splitlines()[-1]}")
-            raise AssertionError(f"container did not boot:\n{why}")
+        self.box.binds = self._files()
+        try:
+            self.box.boot()
+        except BootError as exc:
+            if re.search(r"Operation not permitted|Permission denied|not supported", exc.console):
+                pytest.skip(f"systemd-nspawn cannot run here: {exc.console.strip().splitlines()[-1]}")
+            raise
 
     def stop(self) -> None:
-        done = subprocess.run(["bash", str(self.recipe), "stop"], env=self.env, capture_output=True,
-                              text=True, timeout=60)
-        if done.returncode != 0:
-            raise AssertionError(f"could not stop container {self.name}: {done.stdout}{done.stderr}")
+        self.box.stop()
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["bash", str(self.recipe), "exec", *cmd], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
-        return done
+        return self.box.exec(*cmd, check=check, timeout=timeout)
 
     def show(self, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", "-p", ",".join(props), "cosihost").stdout
@@ -213,7 +185,7 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(tmp_path_factory: pytest.TempPathFactory, plain_controller) -> Iterator[Container]:
-    why = _preflight()
+    why = unavailable()
     if why:
         pytest.skip(why)
     box = Container(tmp_path_factory.mktemp("nspawn"))
