@@ -42,9 +42,15 @@ def _remove(sup, module: str, name: str) -> None:
     (sup.controllers_dir / module).unlink()
     with sup.client() as c:
         c.call("reload")
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             message="the removed controller's process to end")
+    wait_for(lambda: _gone(pid), message="the removed controller's process to end")
     wait_for(lambda: name not in sup.statuses(), message="its status to go")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _ids(sup) -> list[str]:
