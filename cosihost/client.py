@@ -27,7 +27,7 @@ from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
-from .state.txn import Op, Transaction, committed, open_transaction
+from .state.txn import Op, Transaction, committed, open_transaction, teardown_and_destroy
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
@@ -147,6 +147,13 @@ class Client:
     @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         return bool(self.call("teardown", namespace=namespace, type=type, id=id, owner=owner)["ready"])
+
+    def teardown_and_destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
+        """Tear down and, when no finalizer holds it, destroy, in one
+        transaction: True once destroyed, False while finalizers remain."""
+        if getattr(self._local, "txn", None) is not None:
+            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        return teardown_and_destroy(self.apply, self.get, namespace, type, id, owner=owner)
 
     @recorded_in_transaction
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:

@@ -26,7 +26,7 @@ from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, Hi
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
-from .txn import Key, Op, Transaction, committed, open_transaction, play
+from .txn import Key, Op, Transaction, committed, open_transaction, play, teardown_and_destroy
 
 DEFAULT_HISTORY = 8192
 
@@ -345,6 +345,13 @@ class InMemoryState:
             if torn_down(cur, owner, self._clock()):
                 self._commit(coll, cur, id, UPDATED, old)
             return not cur.metadata.finalizers
+
+    def teardown_and_destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
+        """Tear down and, when no finalizer holds it, destroy, in one
+        transaction: True once destroyed, False while finalizers remain."""
+        if getattr(self._local, "txn", None) is not None:
+            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        return teardown_and_destroy(self.apply, self.get, namespace, type, id, owner=owner)
 
     @recorded_in_transaction
     def add_finalizer(self, namespace: str, type: str, id: str, *finalizers: str) -> Resource:

@@ -257,3 +257,31 @@ def open_transaction(local: threading.local, *, read: Callable[[Key], Resource |
     finally:
         local.txn = None
     commit(txn.ops)
+
+
+def teardown_and_destroy(apply: Callable[[list[Op]], Any], get: Callable[[str, str, str], Resource],
+                         namespace: str, typ: str, id: str, *, owner: str) -> bool:
+    """Tear a resource down and, when no finalizer holds it, destroy it, in
+    one transaction. True once destroyed; False when finalizers remain (it
+    is then tearing down, and its holders see that). NotFoundError if it
+    does not exist."""
+    teardown = Op("teardown", namespace, typ, id, owner=_owner(owner)).checked()
+    destroy = Op("destroy", namespace, typ, id, owner=owner)
+    for attempt in range(3):  # finalizers added or removed between two tries: again
+        try:
+            apply([teardown, destroy])
+            return True
+        except NotFoundError:
+            if attempt == 0:
+                raise
+            return True  # destroyed meanwhile by someone else
+        except ConflictError as exc:
+            if type(exc) is not ConflictError:
+                raise  # the owner or the phase, not finalizers
+        try:
+            if get(namespace, typ, id).metadata.finalizers:
+                apply([teardown])
+                return False
+        except NotFoundError:
+            return True
+    return False

@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 from .. import wire
 from ..controller import Input, Output
-from ..errors import AccessDeniedError, NotFoundError
+from ..errors import AccessDeniedError, InvalidRequestError, NotFoundError
 from ..resource import Resource, pack, unpack
 from ..transport import Requester
 from ..state.inmemory import recorded_in_transaction
 from ..state.modify import modify_spec
-from ..state.txn import Key, Op, Transaction, open_transaction
+from ..state.txn import Key, Op, Transaction, open_transaction, teardown_and_destroy
 from .cache import Cache
 
 
@@ -145,6 +145,14 @@ class ControllerRuntime:
         self._writable(type)
         return bool(self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
                                 id=id)["ready"])
+
+    def teardown_and_destroy(self, namespace: str, type: str, id: str) -> bool:
+        """Tear down and, when no finalizer holds it, destroy, in one
+        transaction: True once destroyed, False while finalizers remain."""
+        self._writable(type)
+        if getattr(self._local, "txn", None) is not None:
+            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        return teardown_and_destroy(self.commit, self.get, namespace, type, id, owner=self.name)
 
     def _strong_input(self, namespace: str, type: str) -> None:
         if not any(i.namespace == namespace and i.type == type and i.kind == "strong" for i in self.inputs):

@@ -145,3 +145,21 @@ def test_racing_transactions_one_wins_the_other_is_refused(state: Any, ns: str) 
     assert sorted(outcomes) == ["lost", "won"]
     winner = state.get(ns, T, "counter").spec["n"]
     assert ids(state.list(ns, U)) == [winner]
+
+
+def test_teardown_and_destroy(state: Any, ns: str) -> None:
+    state.create(Resource(ns, T, "free", {}))
+    assert state.teardown_and_destroy(ns, T, "free") is True
+    assert state.list(ns, T) == []
+    state.create(Resource(ns, T, "held", {}))
+    state.add_finalizer(ns, T, "held", "keeper")
+    assert state.teardown_and_destroy(ns, T, "held") is False
+    held = state.get(ns, T, "held")
+    assert held.metadata.phase == "tearing-down" and held.metadata.finalizers == ["keeper"]
+    state.remove_finalizer(ns, T, "held", "keeper")
+    assert state.teardown_and_destroy(ns, T, "held") is True
+    with pytest.raises(NotFoundError):
+        state.teardown_and_destroy(ns, T, "never")
+    with pytest.raises(InvalidRequestError, match="not inside another"):
+        with state.transaction():
+            state.teardown_and_destroy(ns, T, "x")

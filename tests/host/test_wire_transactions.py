@@ -117,3 +117,29 @@ def test_a_transaction_in_the_harness_is_all_or_nothing() -> None:
         h.state.modify("orders", ORDERS, "bad", lambda s: s.update(fail=False))
         assert h.wait_for_spec("pairs", RIGHT, "bad", {"n": 1})
         assert h.state.get("pairs", LEFT, "bad").spec == {"n": 1}
+
+
+class Reaper(Controller):
+    """Destroys its outputs whose order is gone, with teardown_and_destroy."""
+    name = "test.Reaper"
+    inputs = [Input("orders", ORDERS, kind="weak")]
+    outputs = [Output(LEFT, kind="exclusive")]
+
+    def reconcile(self, rt):  # type: ignore[no-untyped-def]
+        wanted = {o.metadata.id for o in rt.list("orders", ORDERS)}
+        for oid in wanted:
+            rt.modify("pairs", LEFT, oid, lambda s: s.update(ok=True))
+        for out in rt.list("pairs", LEFT):
+            if out.metadata.id not in wanted and not rt.teardown_and_destroy("pairs", LEFT, out.metadata.id):
+                rt.requeue(after=0.05)  # held by someone's finalizer: look again soon
+
+
+def test_rt_teardown_and_destroy_waits_for_finalizers() -> None:
+    with ControllerHarness(Reaper) as h:
+        h.state.create(Resource("orders", ORDERS, "o1", {}))
+        h.wait_for_resource("pairs", LEFT, "o1")
+        h.state.add_finalizer("pairs", LEFT, "o1", "someone.Else")
+        h.state.destroy("orders", ORDERS, "o1")
+        h.wait_for_resource("pairs", LEFT, "o1", lambda r: r.metadata.phase == "tearing-down")
+        h.state.remove_finalizer("pairs", LEFT, "o1", "someone.Else")
+        h.wait_destroyed("pairs", LEFT, "o1")
