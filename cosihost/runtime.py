@@ -8,6 +8,7 @@ type checker holds both the worker's handle and the test harness's to.
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from .controller import Input, Output
@@ -27,6 +28,11 @@ class Runtime(Protocol):
 
     def list(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
              id_regex: str | None = None) -> list[Resource]: ...
+
+    def get_uncached(self, namespace: str, type: str, id: str) -> Resource: ...
+
+    def list_uncached(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
+                      id_regex: str | None = None) -> builtins.list[Resource]: ...
 
     def create(self, resource: Resource) -> Resource: ...
 

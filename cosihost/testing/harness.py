@@ -102,6 +102,11 @@ class _StateRequester:
             results = s.apply(ops)
             keys = sorted({o.key for o in ops})
             return {"results": results, "heads": [], "keys": [[*k, self._blob(k)] for k in keys]}
+        if op == "get":
+            return pack(s.get(args["namespace"], args["type"], args["id"]))
+        if op == "list":
+            return [pack(r) for r in s.list(args["namespace"], args["type"], labels=args.get("labels"),
+                                            id_regex=args.get("id_regex"))]
         if op == "owned_kinds":
             return [list(kind) for kind in s.owned_kinds(owner)]
         if op == "update_inputs":

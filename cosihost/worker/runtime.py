@@ -9,6 +9,7 @@ supervisor would send.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import threading
@@ -94,6 +95,22 @@ class ControllerRuntime:
         self._readable(namespace, type)
         self.counters.reads += 1
         return self._cache.list(namespace, type, labels=labels, id_regex=id_regex)
+
+    def get_uncached(self, namespace: str, type: str, id: str) -> Resource:
+        """Read from the supervisor, not the cache: for a kind this
+        controller reads too rarely to keep synced (still one it may read)."""
+        self._readable(namespace, type)
+        self.counters.reads += 1
+        return unpack(self._req.call("get", namespace=namespace, type=type, id=id))
+
+    def list_uncached(self, namespace: str, type: str, *, labels: str | Sequence[str] | None = None,
+                      id_regex: str | None = None) -> builtins.list[Resource]:
+        """``list`` from the supervisor, not the cache (see :meth:`get_uncached`)."""
+        self._readable(namespace, type)
+        self.counters.reads += 1
+        blobs = self._req.call("list", namespace=namespace, type=type, id_regex=id_regex,
+                               labels=list(labels) if isinstance(labels, tuple) else labels)
+        return [unpack(b) for b in blobs]
 
     # -- writes ----------------------------------------------------------
     def _write(self, op: str, key: tuple[str, str, str], **args: Any) -> Any:

@@ -143,3 +143,33 @@ def test_rt_teardown_and_destroy_waits_for_finalizers() -> None:
         h.wait_for_resource("pairs", LEFT, "o1", lambda r: r.metadata.phase == "tearing-down")
         h.state.remove_finalizer("pairs", LEFT, "o1", "someone.Else")
         h.wait_destroyed("pairs", LEFT, "o1")
+
+
+UNCACHED = f'''
+from cosihost import Controller, Input, Output
+
+class Peeker(Controller):
+    name = "test.Peeker"
+    inputs = [Input("orders", "{ORDERS}", kind="weak")]
+    outputs = [Output("{RIGHT}", kind="exclusive")]
+
+    def reconcile(self, rt):
+        seen = [o.metadata.id for o in rt.list_uncached("orders", "{ORDERS}")]
+        one = rt.get_uncached("orders", "{ORDERS}", seen[0]).spec if seen else None
+        rt.modify("peek", "{RIGHT}", "seen", lambda s: s.update(ids=seen, first=one))
+        try:
+            rt.get_uncached("elsewhere", "{ORDERS}", "x")
+        except Exception as exc:
+            rt.modify("peek", "{RIGHT}", "denied", lambda s: s.update(error=type(exc).__name__))
+'''
+
+
+def test_uncached_reads_ask_the_supervisor_and_keep_the_rules(supervisor_factory) -> None:
+    sup = supervisor_factory(controllers={"peeker": UNCACHED})
+    with sup.client() as c:
+        c.create(Resource("orders", ORDERS, "u1", {"n": 1}))
+        wait_for(lambda: [r.spec.get("ids") for r in c.list("peek", RIGHT, id_regex="^seen$")] == [["u1"]],
+                 message="the uncached list")
+        seen = c.get("peek", RIGHT, "seen").spec
+        assert seen["first"] == {"n": 1}
+        assert c.get("peek", RIGHT, "denied").spec == {"error": "AccessDeniedError"}
