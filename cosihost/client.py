@@ -22,7 +22,7 @@ import zmq
 from . import wire
 from .keys import ClientKey
 from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
-from .resource import Resource, check_name, unpack, validate
+from .resource import PHASE_RUNNING, Resource, check_name, unpack, validate
 from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.inmemory import recorded_in_transaction
@@ -134,10 +134,11 @@ class Client:
 
     @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               owner: str = "") -> Resource:
+               owner: str = "", expected_phase: str | None = PHASE_RUNNING) -> Resource:
         res, _written = modify_spec(
             namespace, type, id, fn, owner=owner, get=self.get,
-            create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
+            create=lambda r: self.create(r, owner=owner), expected_phase=expected_phase,
+            update=lambda r: self.update(r, owner=owner, expected_phase=expected_phase))
         return res
 
     @recorded_in_transaction

@@ -310,19 +310,22 @@ class InMemoryState:
 
     @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               owner: str = "") -> Resource:
+               owner: str = "", expected_phase: str | None = PHASE_RUNNING) -> Resource:
         """Read-modify-write: ``fn(spec)`` mutates a copy (see :func:`modify_spec`).
 
         Creates the resource from ``fn({})`` when missing; writes nothing when
         the spec did not change; retries when another writer got in between.
         As COSI's ``Modify``, it expects the resource running: one that is
-        tearing down is a PhaseConflictError even when ``fn`` changes nothing.
+        tearing down is a PhaseConflictError even when ``fn`` changes nothing
+        (``expected_phase="tearing-down"``, or None for any, as COSI's
+        ``WithExpectedPhase`` / ``WithExpectedPhaseAny``).
         """
         _check_kind(namespace, type, id)
         _check_owner(owner)
         res, _written = modify_spec(
             namespace, type, id, fn, owner=owner, get=self.get,
-            create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
+            create=lambda r: self.create(r, owner=owner), expected_phase=expected_phase,
+            update=lambda r: self.update(r, owner=owner, expected_phase=expected_phase))
         return res
 
     @recorded_in_transaction

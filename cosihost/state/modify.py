@@ -33,11 +33,14 @@ def modify_spec(
     create: Callable[[Resource], Resource],
     update: Callable[[Resource], Resource],
     on_conflict: Callable[[], None] = lambda: None,
+    expected_phase: str | None = PHASE_RUNNING,
 ) -> tuple[Resource, bool]:
     """``fn(spec)`` mutates a copy of the spec (``{}`` when missing); its
     return value is ignored. Returns the resource and whether it was written.
     Raises OwnerConflictError / PhaseConflictError before calling ``fn`` when
-    the resource belongs to someone else or is tearing down."""
+    the resource belongs to someone else or is not in ``expected_phase``
+    (running, by default; None: any phase). ``update`` must check the same
+    phase when it writes."""
     while True:
         try:
             cur = get(namespace, type, id)
@@ -52,7 +55,7 @@ def modify_spec(
                 on_conflict()
                 continue
         require_owner(cur, owner, "modify")
-        require_phase(cur, PHASE_RUNNING)
+        require_phase(cur, expected_phase)
         spec = _copy(cur.spec)
         fn(spec)
         if spec == cur.spec:

@@ -68,8 +68,8 @@ class NamespaceRouter:
         return self._of(resource).update(resource, owner=owner, expected_phase=expected_phase)
 
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               owner: str = "") -> Resource:
-        return self.backend(namespace).modify(namespace, type, id, fn, owner=owner)
+               owner: str = "", expected_phase: str | None = "running") -> Resource:
+        return self.backend(namespace).modify(namespace, type, id, fn, owner=owner, expected_phase=expected_phase)
 
     def destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> None:
         self.backend(namespace).destroy(namespace, type, id, owner=owner)

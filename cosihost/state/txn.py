@@ -206,11 +206,11 @@ class Transaction:
         return found
 
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               owner: str | None = None) -> Resource:
+               owner: str | None = None, expected_phase: str | None = PHASE_RUNNING) -> Resource:
         owner = self._who(owner)
-        res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=self.get,
+        res, _ = modify_spec(namespace, type, id, fn, owner=owner, get=self.get, expected_phase=expected_phase,
                              create=lambda r: self.create(r, owner=owner),
-                             update=lambda r: self.update(r, owner=owner))
+                             update=lambda r: self.update(r, owner=owner, expected_phase=expected_phase))
         return res
 
     def destroy(self, namespace: str, type: str, id: str, *, owner: str | None = None) -> None:

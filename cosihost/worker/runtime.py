@@ -139,11 +139,13 @@ class ControllerRuntime:
         return unpack(reply["resource"])
 
     @recorded_in_transaction
-    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any]) -> Resource:
+    def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
+               expected_phase: str | None = "running") -> Resource:
         """Read-modify-write from the cache; on a conflict, re-read and retry."""
         self._writable(type)
         res, written = modify_spec(namespace, type, id, fn, owner=self.name, get=self.get,
-                                   create=self.create, update=self.update,
+                                   create=self.create, expected_phase=expected_phase,
+                                   update=lambda r: self.update(r, expected_phase=expected_phase),
                                    on_conflict=lambda: self._refresh(namespace, type))
         if not written and self._tracking is not None:
             self._tracking.add((namespace, type, id))

@@ -163,3 +163,20 @@ def test_teardown_and_destroy(state: Any, ns: str) -> None:
     with pytest.raises(InvalidRequestError, match="not inside another"):
         with state.transaction():
             state.teardown_and_destroy(ns, T, "x")
+
+
+def test_modify_with_an_expected_phase(state: Any, ns: str) -> None:
+    """COSI's WithExpectedPhase / WithExpectedPhaseAny: a tearing-down resource
+    can be modified when the caller says it expects that phase (or any)."""
+    from cosihost import PhaseConflictError
+    state.create(Resource(ns, T, "going", {"n": 0}))
+    state.add_finalizer(ns, T, "going", "keeper")
+    state.teardown(ns, T, "going")
+    with pytest.raises(PhaseConflictError):
+        state.modify(ns, T, "going", lambda s: s.update(n=1))
+    res = state.modify(ns, T, "going", lambda s: s.update(n=1), expected_phase="tearing-down")
+    assert res.spec == {"n": 1} and res.metadata.phase == "tearing-down"
+    assert state.modify(ns, T, "going", lambda s: s.update(n=2), expected_phase=None).spec == {"n": 2}
+    with pytest.raises(PhaseConflictError):
+        state.create(Resource(ns, T, "live", {}))
+        state.modify(ns, T, "live", lambda s: s.update(n=1), expected_phase="tearing-down")

@@ -149,7 +149,7 @@ class EtcdState(Mirror):
 
     @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               owner: str = "") -> Resource:
+               owner: str = "", expected_phase: str | None = PHASE_RUNNING) -> Resource:
         """As :meth:`InMemoryState.modify`; after a conflict it reads from
         etcd, not the mirror, which may not have caught up yet."""
         _check_kind(namespace, type, id)
@@ -166,7 +166,8 @@ class EtcdState(Mirror):
 
         res, _written = modify_spec(
             namespace, type, id, fn, owner=owner, get=get, on_conflict=lambda: fresh.__setitem__(0, True),
-            create=lambda r: self.create(r, owner=owner), update=lambda r: self.update(r, owner=owner))
+            create=lambda r: self.create(r, owner=owner), expected_phase=expected_phase,
+            update=lambda r: self.update(r, owner=owner, expected_phase=expected_phase))
         return res
 
     @recorded_in_transaction
