@@ -1,6 +1,6 @@
 """cosihost.testing.ControllerHarness: one controller in process, for users' tests.
 
-The first test is the example of the README user guide (a bundled controller);
+The first test is the example of docs/user-guide.md (a bundled controller);
 the others pin the harness's behaviour: wake-ups, requeue, backoff, the
 declaration rules, cleanup, and that nothing is left running.
 """

@@ -4,7 +4,7 @@ The protocol is one datagram of ``KEY=value`` lines per message, sent to the
 AF_UNIX socket named in ``NOTIFY_SOCKET`` (a path, or ``@name`` for an
 abstract socket); systemd learns the sender's pid from the kernel. That is a
 few lines of stdlib ``socket``, so no package is needed (see
-the README, "Installing on a device"). Without ``NOTIFY_SOCKET`` every call is a no-op.
+docs/systemd.md). Without ``NOTIFY_SOCKET`` every call is a no-op.
 
 Watchdog pings are sent only when the main loop calls :meth:`Notifier.watchdog`,
 so a loop that is stuck stops them and systemd kills the service. The
