@@ -62,6 +62,17 @@ class UnavailableError(CosiError):
     code = "unavailable"
 
 
+class ThrottledError(UnavailableError):
+    """A controller wrote faster than its write rate limit; nothing was
+    applied. ``retry_after``: seconds until it may write again."""
+
+    code = "throttled"
+
+    def __init__(self, message: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 ERRORS_BY_CODE: dict[str, type[CosiError]] = {
     cls.code: cls
     for cls in (
@@ -74,6 +85,7 @@ ERRORS_BY_CODE: dict[str, type[CosiError]] = {
         InvalidRequestError,
         OverrunError,
         UnavailableError,
+        ThrottledError,
     )
 }
 

@@ -27,7 +27,7 @@ import zmq
 
 from . import wire
 from .keys import ClientKey
-from .errors import AccessDeniedError, UnavailableError, error_from_code
+from .errors import AccessDeniedError, ThrottledError, UnavailableError, error_from_code
 
 
 def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
@@ -66,7 +66,16 @@ class Requester:
             self._sock = None
 
     def call(self, op: str, **args: Any) -> Any:
-        """Send one request and return its result, or raise its typed error."""
+        """Send one request and return its result, or raise its typed error.
+        A write refused for a controller's rate limit was not applied: it is
+        sent again (as a new request) once the limit allows."""
+        while True:
+            try:
+                return self._call(op, args)
+            except ThrottledError as exc:
+                time.sleep(exc.retry_after)  # the supervisor said how long; nothing to wait on instead
+
+    def _call(self, op: str, args: dict[str, Any]) -> Any:
         self._counter += 1
         req = wire.Request(op, args, f"{self._prefix}-{self._counter}", self.token)
         frame = wire.encode_request(req)
@@ -78,6 +87,8 @@ class Requester:
                 reply = wire.decode_reply(self._sock.recv())
                 if reply.ok:
                     return reply.result
+                if reply.code == ThrottledError.code:
+                    raise ThrottledError(reply.message, retry_after=reply.retry_after or 0.01)
                 raise error_from_code(reply.code, reply.message)
             self.close()  # the socket is stuck in "awaiting reply": reopen
             self.resent += 1

@@ -99,10 +99,12 @@ class Reply:
     result: Any = None
     code: str = ""
     message: str = ""
+    #: With code "throttled": seconds until the caller may write again.
+    retry_after: float = 0.0
 
     @classmethod
     def error(cls, rid: str, exc: CosiError) -> "Reply":
-        return cls(False, rid, code=exc.code, message=str(exc))
+        return cls(False, rid, code=exc.code, message=str(exc), retry_after=float(getattr(exc, "retry_after", 0.0)))
 
 
 @dataclasses.dataclass
@@ -226,7 +228,10 @@ def decode_request(frame: bytes) -> Request:
 def encode_reply(reply: Reply) -> bytes:
     if reply.ok:
         return _pack({"v": PROTOCOL, "rid": reply.rid, "ok": True, "result": reply.result})
-    return _pack({"v": PROTOCOL, "rid": reply.rid, "ok": False, "code": reply.code, "msg": reply.message})
+    error = {"v": PROTOCOL, "rid": reply.rid, "ok": False, "code": reply.code, "msg": reply.message}
+    if reply.retry_after:
+        error["after"] = reply.retry_after
+    return _pack(error)
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -235,7 +240,9 @@ def decode_reply(frame: bytes) -> Reply:
         raise WireError("a reply must be a msgpack map with 'ok'")
     if msg["ok"]:
         return Reply(True, msg.get("rid", ""), result=msg.get("result"))
-    return Reply(False, msg.get("rid", ""), code=str(msg.get("code", "")), message=str(msg.get("msg", "")))
+    after = msg.get("after", 0.0)
+    return Reply(False, msg.get("rid", ""), code=str(msg.get("code", "")), message=str(msg.get("msg", "")),
+                 retry_after=float(after) if isinstance(after, (int, float)) and 0 < after < 3600 else 0.0)
 
 
 def topic(namespace: str, type: str) -> bytes:

@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import wire
-from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError
+from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError, ThrottledError
 from ..resource import Resource, check_name, pack, unpack
 from ..state.router import NamespaceRouter
 from ..state.events import Record
@@ -48,6 +48,8 @@ log = logging.getLogger("cosihost.supervisor")
 WRITES = frozenset({"create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer", "transaction",
                     "register", "update_inputs", "restart", "reload"})
 REPLY_CACHE = 4096
+#: Writes a controller's write rate limit counts.
+LIMITED = frozenset({"create", "update", "destroy", "teardown", "add_finalizer", "remove_finalizer", "transaction"})
 
 #: Sends the reply of a deferred request (restart, reload) when it is ready.
 Respond = Callable[[Reply], None]
@@ -64,6 +66,7 @@ class Host(Protocol):
     def caller(self, token: str) -> Caller | None: ...
     def register(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def heartbeat(self, caller: Caller, args: dict[str, Any]) -> None: ...
+    def throttle(self, caller: Caller, writes: int) -> float: ...
     def update_inputs(self, caller: Caller, inputs: Any) -> None: ...
     def restart(self, name: str, respond: Respond) -> None: ...
     def reload(self, respond: Respond) -> None: ...
@@ -214,6 +217,8 @@ class Api:
 
         try:
             caller = self._identify(req) if remote is None else remote.caller(req.op)
+            if caller.decl is not None and req.op in LIMITED:
+                self._throttle(caller, req)
             result = getattr(self, "op_" + req.op)(caller, req.args, later)
             reply = Reply(True, req.rid, result=result)
         except Deferred:
@@ -224,10 +229,18 @@ class Api:
             log.exception("request %s failed", req.op)
             reply = Reply(False, req.rid, code="internal", message=f"internal error: {exc!r}")
         encoded = wire.encode_reply(reply)
-        if remember:
+        if remember and reply.code != ThrottledError.code:  # not applied: a resend must be tried again
             self._inflight.pop(key, None)  # answered now after all
             self._remember(key, digest, encoded)
         return encoded, req.op, reply.code or "ok"
+
+    def _throttle(self, caller: Caller, req: Request) -> None:
+        """Refuse a controller's write over its rate limit, before anything is applied."""
+        ops = req.args.get("ops")
+        wait = self.host.throttle(caller, len(ops) if req.op == "transaction" and isinstance(ops, list) else 1)
+        if wait > 0:
+            raise ThrottledError(f"{caller.name} writes faster than its write rate limit; "
+                                 f"again in {wait:.3f} s", retry_after=wait)
 
     def _remember(self, key: tuple[str, str], digest: bytes, encoded: bytes) -> None:
         self._replies[key] = (digest, encoded)

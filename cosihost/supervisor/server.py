@@ -371,6 +371,9 @@ class Supervisor:
     def register(self, args: dict[str, Any]) -> dict[str, Any]:
         return self.supervision.register(args)
 
+    def throttle(self, caller: Any, writes: int) -> float:
+        return self.supervision.throttle(caller, writes)
+
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
         if self.metrics is not None:

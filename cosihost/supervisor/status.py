@@ -46,6 +46,8 @@ class StatusWriter:
     def __init__(self, state: NamespaceRouter, *, mechanism: str) -> None:
         self.state = state
         self.mechanism = mechanism
+        #: Writes refused per controller for its write rate limit.
+        self.refusals: dict[str, int] = {}
 
     def _put(self, namespace: str, type: str, id: str, spec: dict[str, Any]) -> None:
         def replace(current: dict[str, Any]) -> None:
@@ -81,6 +83,7 @@ class StatusWriter:
             "enforced": dict(placement.enforced) if placement is not None else {},
             "usage": usage(slot.pid) if running else {},
             "counters": dict(slot.counters),
+            "throttled": self.throttled(slot.name),
             "module": slot.module.name,
             "class": slot.cls,
             "reason": "",  # why it was refused; a running slot was not
@@ -88,6 +91,10 @@ class StatusWriter:
             "outputs": [o.to_wire() for o in slot.decl.outputs] if slot.decl else [],
             **({"queue": slot.decl.queue} if slot.decl and slot.decl.queue else {}),
         }
+
+    def throttled(self, name: str) -> int:
+        """Writes of ``name`` refused for its write rate limit (set by supervision)."""
+        return self.refusals.get(name, 0)
 
     def refused(self, name: str, source: str, why: str) -> None:
         self._put(STATUS_NAMESPACE, STATUS_TYPE, name, {

@@ -25,7 +25,7 @@ from . import processes
 from .access import Caller
 from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
-from . import orphans
+from . import orphans, ratelimit
 from .registry import Declaration, Registry
 from .status import StatusWriter
 from .zygote import Zygote
@@ -59,6 +59,8 @@ class Supervision:
         self.status = status
         self.limiter = limiter
         self.slots: dict[str, Slot] = {}
+        #: Write rate limits by controller name (see ratelimit).
+        self.buckets: dict[str, ratelimit.TokenBucket] = {}
         self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
         # "module.py:Class" -> (module, digest, id of its refused status)
         #: source -> the refused declaration, kept to be admitted again once
@@ -139,7 +141,8 @@ class Supervision:
         existing = self.slots.get(name)
         try:
             decl = Declaration.from_wire(data, source=source)
-            parse_limits(name, {**decl.limits, **self.settings.limits.get(name, {})})
+            limits, bucket = ratelimit.split(name, {**decl.limits, **self.settings.limits.get(name, {})})
+            parse_limits(name, limits)
             why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
         except InvalidRequestError as exc:
             decl, why = None, str(exc)
@@ -155,6 +158,10 @@ class Supervision:
             return
         assert decl is not None
         self.registry.accept(decl)
+        if bucket is not None:
+            self.buckets[name] = bucket
+        else:
+            self.buckets.pop(name, None)
         self.status.definitions(decl)
         if existing is not None:
             existing.decl, existing.cls, existing.digest = decl, data["class"], result.digest
@@ -209,6 +216,7 @@ class Supervision:
 
     def _forget(self, slot: Slot) -> None:
         self.slots.pop(slot.name, None)
+        self.buckets.pop(slot.name, None)
         self.status.removed(slot.name)
         if slot.decl is not None:
             if self.settings.removed_outputs == orphans.DESTROY:
@@ -232,7 +240,7 @@ class Supervision:
 
     def _launch(self, slot: Slot) -> None:
         assert slot.decl is not None
-        limits = {**slot.decl.limits, **self.settings.limits.get(slot.name, {})}
+        limits, _bucket = ratelimit.split(slot.name, {**slot.decl.limits, **self.settings.limits.get(slot.name, {})})
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
         proc: Any = None  # a zygote child, or a Popen
@@ -382,6 +390,16 @@ class Supervision:
         slot.last_seen = time.monotonic()
         log.info("%s registered", name)
         return {"token": slot.token, "epoch": self.status.state.epoch}
+
+    def throttle(self, caller: Caller, writes: int) -> float:
+        """0.0 when the controller may make ``writes`` writes now; else how long to wait."""
+        bucket = self.buckets.get(caller.name)
+        if bucket is None:
+            return 0.0
+        wait = bucket.take(writes)
+        if wait:
+            self.status.refusals[caller.name] = bucket.refused
+        return wait
 
     def heartbeat(self, caller: Caller, args: dict[str, Any]) -> None:
         slot = self.slots[caller.name]
