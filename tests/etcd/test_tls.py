@@ -40,7 +40,7 @@ def tls_etcd(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(endpoint, folder of certificates) of a running TLS-only etcd member."""
     require_etcd()
     if OPENSSL is None:
-        pytest.skip("openssl not on PATH (Debian package openssl): cannot make test certificates")
+        pytest.skip("openssl is not on PATH (apt-get install -y openssl): it makes the test certificates")
     make_certs(tmp_path)
     client_port, peer_port = free_ports(2)
     endpoint = f"https://127.0.0.1:{client_port}"
