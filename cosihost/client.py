@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import zmq
 
@@ -27,6 +27,7 @@ from .selectors import parse_query
 from .settings import default_runtime_dir
 from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
+from .state.watchfor import watch_for
 from .state.txn import Op, Transaction, committed, open_transaction, teardown_and_destroy
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark, since_bookmark)
@@ -167,6 +168,13 @@ class Client:
         return unpack(reply["resource"])
 
     # -- watches -----------------------------------------------------------------
+    def watch_for(self, namespace: str, type: str, id: str, *, event_types: Iterable[str] | None = None,
+                  phase: str | None = None, finalizers_empty: bool | None = None,
+                  condition: Callable[[Resource], bool] | None = None, timeout: float | None = None) -> Resource:
+        """Wait until the resource is as asked (see :func:`cosihost.state.watchfor.watch_for`)."""
+        return watch_for(self.watch, namespace, type, id, event_types=event_types, phase=phase,
+                         finalizers_empty=finalizers_empty, condition=condition, timeout=timeout)
+
     def watch(self, namespace: str, type: str, id: str) -> "RemoteWatch":
         return RemoteWatch(self, namespace, type, id=id)
 

@@ -26,6 +26,7 @@ from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, Hi
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
+from .watchfor import watch_for
 from .txn import Key, Op, Transaction, committed, open_transaction, play, teardown_and_destroy
 
 DEFAULT_HISTORY = 8192
@@ -423,6 +424,13 @@ class InMemoryState:
             self._remember(coll, rid, kind, old, blob)
 
     # -- watches ---------------------------------------------------------
+    def watch_for(self, namespace: str, type: str, id: str, *, event_types: Iterable[str] | None = None,
+                  phase: str | None = None, finalizers_empty: bool | None = None,
+                  condition: Callable[[Resource], bool] | None = None, timeout: float | None = None) -> Resource:
+        """Wait until the resource is as asked (see :func:`cosihost.state.watchfor.watch_for`)."""
+        return watch_for(self.watch, namespace, type, id, event_types=event_types, phase=phase,
+                         finalizers_empty=finalizers_empty, condition=condition, timeout=timeout)
+
     def watch(self, namespace: str, type: str, id: str) -> Watch:
         """The resource's current state (or a ``destroyed`` tombstone), then its changes."""
         _check_kind(namespace, type, id)

@@ -180,3 +180,23 @@ def test_modify_with_an_expected_phase(state: Any, ns: str) -> None:
     with pytest.raises(PhaseConflictError):
         state.create(Resource(ns, T, "live", {}))
         state.modify(ns, T, "live", lambda s: s.update(n=1), expected_phase="tearing-down")
+
+
+def test_watch_for_conditions(state: Any, ns: str) -> None:
+    """COSI's WatchFor: wait for a phase, for finalizers to go, for a destroy."""
+    state.create(Resource(ns, T, "w", {"n": 0}))
+    assert state.watch_for(ns, T, "w", timeout=5).spec == {"n": 0}      # exists: at once
+    state.add_finalizer(ns, T, "w", "keeper")
+    with pytest.raises(TimeoutError):
+        state.watch_for(ns, T, "w", finalizers_empty=True, timeout=0.2)
+    state.teardown(ns, T, "w")
+    going = state.watch_for(ns, T, "w", phase="tearing-down", timeout=5)
+    assert going.metadata.finalizers == ["keeper"]
+    state.remove_finalizer(ns, T, "w", "keeper")
+    free = state.watch_for(ns, T, "w", phase="tearing-down", finalizers_empty=True, timeout=5)
+    assert free.metadata.finalizers == []
+    state.destroy(ns, T, "w")
+    assert state.watch_for(ns, T, "w", event_types=["destroyed"], timeout=5).metadata.id == "w"
+    assert state.watch_for(ns, T, "w", condition=lambda r: False, event_types=["destroyed"], timeout=5)
+    with pytest.raises(InvalidRequestError, match="event_types"):
+        state.watch_for(ns, T, "w", event_types=["exploded"], timeout=1)
