@@ -108,6 +108,7 @@ class Container:
         dropin = b / "cosihost.service.d"
         dropin.mkdir()
         protect_home = any(p.startswith(("/root", "/home", "/run/user")) for p in self.python_binds)
+        private_tmp = any(p.startswith(("/tmp/", "/var/tmp/")) for p in self.python_binds)
         (dropin / "test.conf").write_text(textwrap.dedent(f"""\
             [Service]
             Environment=PYTHONPATH={SRC}
@@ -116,7 +117,9 @@ class Container:
             """) + (
             # The unit's ProtectHome=yes would hide this test's interpreter
             # (installed venvs live in /opt).
-            "ProtectHome=read-only\n" if protect_home else ""))
+            "ProtectHome=read-only\n" if protect_home else "") + (
+            # Likewise PrivateTmp=yes for an interpreter in a throwaway venv under /tmp.
+            "PrivateTmp=no\n" if private_tmp else ""))
         # First boot applies presets, which would enable and start the unit
         # before the test asks for it, and services of packages the host has
         # installed for other tests (etcd waits for network-online and stalls
