@@ -7,7 +7,7 @@ controller declaration classes (plain, queue, and the ready-made
 """
 
 from .errors import (AccessDeniedError, ConflictError, CosiError, InvalidRequestError, NotFoundError,
-                     OverrunError, OwnerConflictError, PhaseConflictError, UnavailableError)
+                     OverrunError, OwnerConflictError, PhaseConflictError, ThrottledError, UnavailableError)
 from .client import Client
 from .controller import Controller, Input, Output, ResourceDefinition
 from .qcontroller import MappedMetadata, Pointer, QController, Requeue
@@ -21,5 +21,5 @@ __all__ = [
     "Controller", "Input", "Output", "ResourceDefinition", "Runtime",
     "QController", "Requeue", "Pointer", "MappedMetadata", "generic",
     "CosiError", "NotFoundError", "ConflictError", "OwnerConflictError", "PhaseConflictError",
-    "AccessDeniedError", "InvalidRequestError", "OverrunError", "UnavailableError",
+    "AccessDeniedError", "InvalidRequestError", "OverrunError", "UnavailableError", "ThrottledError",
 ]
