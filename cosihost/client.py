@@ -28,7 +28,7 @@ from .settings import default_runtime_dir
 from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
 from .state.watchfor import watch_for
-from .state.txn import Op, Transaction, committed, open_transaction, teardown_and_destroy
+from .state.txn import Op, Transaction, committed, open_transaction, outside_transaction, teardown_and_destroy
 from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
                            kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
@@ -153,8 +153,7 @@ class Client:
     def teardown_and_destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         """Tear down and, when no finalizer holds it, destroy, in one
         transaction: True once destroyed, False while finalizers remain."""
-        if getattr(self._local, "txn", None) is not None:
-            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        outside_transaction(self._local, "teardown_and_destroy")
         return teardown_and_destroy(self.apply, self.get, namespace, type, id, owner=owner)
 
     @recorded_in_transaction

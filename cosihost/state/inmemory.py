@@ -27,7 +27,8 @@ from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
 from .watchfor import watch_for
-from .txn import Key, Op, Transaction, committed, open_transaction, play, teardown_and_destroy
+from .txn import (Key, Op, Transaction, committed, open_transaction, outside_transaction, play,
+                  teardown_and_destroy)
 
 DEFAULT_HISTORY = 8192
 
@@ -353,8 +354,7 @@ class InMemoryState:
     def teardown_and_destroy(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
         """Tear down and, when no finalizer holds it, destroy, in one
         transaction: True once destroyed, False while finalizers remain."""
-        if getattr(self._local, "txn", None) is not None:
-            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        outside_transaction(self._local, "teardown_and_destroy")
         return teardown_and_destroy(self.apply, self.get, namespace, type, id, owner=owner)
 
     @recorded_in_transaction

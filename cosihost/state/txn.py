@@ -242,6 +242,12 @@ def committed(get: Callable[[str, str, str], Resource]) -> Callable[[Key], Resou
     return read
 
 
+def outside_transaction(local: threading.local, what: str) -> None:
+    """Refuse ``what`` (a transaction of its own) inside an open transaction."""
+    if getattr(local, "txn", None) is not None:
+        raise InvalidRequestError(f"{what} is a transaction of its own: not inside another")
+
+
 @contextlib.contextmanager
 def open_transaction(local: threading.local, *, read: Callable[[Key], Resource | None],
                      now: Callable[[], float], commit: Callable[[list[Op]], Any],
@@ -249,7 +255,7 @@ def open_transaction(local: threading.local, *, read: Callable[[Key], Resource |
     """The ``transaction()`` of a state implementation: record in this
     thread (``local.txn``), then ``commit`` the operations, unless the block raised."""
     if getattr(local, "txn", None) is not None:
-        raise InvalidRequestError("a transaction is already open in this thread")
+        raise InvalidRequestError("a transaction is already open in this thread")  # they do not nest
     txn = Transaction(read=read, now=now, owner=owner)
     local.txn = txn
     try:

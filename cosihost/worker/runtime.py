@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 
 from .. import wire
 from ..controller import Input, Output
-from ..errors import AccessDeniedError, InvalidRequestError, NotFoundError
+from ..errors import AccessDeniedError, NotFoundError
 from ..resource import Resource, pack, unpack
 from ..transport import Requester
 from ..state.inmemory import recorded_in_transaction
 from ..state.modify import modify_spec
-from ..state.txn import Key, Op, Transaction, open_transaction, teardown_and_destroy
+from ..state.txn import Key, Op, Transaction, open_transaction, outside_transaction, teardown_and_destroy
 from .cache import Cache
 
 
@@ -169,8 +169,7 @@ class ControllerRuntime:
         """Tear down and, when no finalizer holds it, destroy, in one
         transaction: True once destroyed, False while finalizers remain."""
         self._writable(type)
-        if getattr(self._local, "txn", None) is not None:
-            raise InvalidRequestError("teardown_and_destroy is a transaction of its own: not inside another")
+        outside_transaction(self._local, "teardown_and_destroy")
         return teardown_and_destroy(self.commit, self.get, namespace, type, id, owner=self.name)
 
     def _strong_input(self, namespace: str, type: str) -> None:
