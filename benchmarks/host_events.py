@@ -19,7 +19,6 @@ writes; the figures say how many it saw one by one.
 
 from __future__ import annotations
 
-import time
 
 from .harness import (CpuMeter, Processes, controller_module, link_type, ns_array, percentile,
                       results, trigger, watchers, writers)

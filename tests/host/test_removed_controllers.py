@@ -11,7 +11,6 @@ import sys
 
 import psutil
 
-from cosihost import Resource
 from cosihost.testing import wait_for
 
 from test_supervision import FAST
