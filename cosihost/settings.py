@@ -102,6 +102,8 @@ class Settings:
     history: int = 8192
     #: Where to serve Prometheus metrics, (host, port); None: not served.
     metrics_listen: tuple[str, int] | None = None
+    #: The group whose members may use the local sockets (``[access] group``), as a gid.
+    access_group: int | None = None
     #: Remote access over CURVE (``[remote]``), or None: off.
     remote: "RemoteAccess | None" = None
 
@@ -166,6 +168,8 @@ class Settings:
         if "history" in data:
             self.history = int(data["history"])
         self._apply_metrics(data.get("metrics"))
+        if data.get("access") is not None:
+            self.access_group = _access_group(data["access"])
         if data.get("remote") is not None:
             self.remote = RemoteAccess.from_table(data["remote"])
 
@@ -199,6 +203,22 @@ class Settings:
             if not isinstance(table["bundled"], bool):
                 raise InvalidRequestError("config: [controllers] bundled must be true or false")
             self.bundled = table["bundled"]
+
+
+def _access_group(table: Any) -> int:
+    """``[access] group = "name"`` (or a gid): who besides the supervisor's user may use its sockets."""
+    import grp
+    if not isinstance(table, dict) or set(table) - {"group"} or "group" not in table:
+        raise InvalidRequestError("config: [access] takes one key, group = \"NAME\" (or a gid)")
+    group = table["group"]
+    if isinstance(group, int) and not isinstance(group, bool) and group >= 0:
+        return group
+    if not isinstance(group, str) or not group:
+        raise InvalidRequestError(f"config: [access] group must be a group name or a gid, not {group!r}")
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InvalidRequestError(f"config: [access] group {group!r}: no such group on this machine") from None
 
 
 ROLES = ("read", "write", "admin")

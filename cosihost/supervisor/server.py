@@ -197,6 +197,8 @@ class Supervisor:
             self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
+        if self.settings.access_group is not None:
+            _share_with_group(rd, self.settings.access_group)
         self.remote_router: "zmq.Socket[bytes] | None" = None
         self.remote_pub: "zmq.Socket[bytes] | None" = None
         if self.settings.remote is not None:
@@ -662,3 +664,17 @@ def _drain(sock: "zmq.Socket[bytes]", budget: int = 256) -> None:
             sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return
+
+
+def _share_with_group(rd: Path, gid: int) -> None:
+    """Let the members of ``gid`` (``[access] group``) use the sockets as
+    local users: the folder 0750 and the sockets 0660, in that group. The
+    admin token stays 0600, the supervisor's alone."""
+    for path, mode in ((rd, 0o750), (rd / wire.API_SOCKET, 0o660), (rd / wire.EVENTS_SOCKET, 0o660)):
+        try:
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)
+        except OSError as exc:
+            raise InvalidRequestError(f"[access] group {gid}: cannot give {path} to it: {exc.strerror} "
+                                      "(the supervisor must be root or a member of that group)") from None
+
