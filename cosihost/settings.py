@@ -104,6 +104,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     #: The group whose members may use the local sockets (``[access] group``), as a gid.
     access_group: int | None = None
+    #: Each controller as a user of its own (``[isolation]``), or None: off.
+    isolation: Any = None
     #: Remote access over CURVE (``[remote]``), or None: off.
     remote: "RemoteAccess | None" = None
 
@@ -170,6 +172,12 @@ class Settings:
         self._apply_metrics(data.get("metrics"))
         if data.get("access") is not None:
             self.access_group = _access_group(data["access"])
+        if data.get("isolation") is not None:
+            from .supervisor.identity import Isolation
+            self.isolation = Isolation.from_table(data["isolation"], access_group=self.access_group)
+            if self.isolation is not None and self.access_group not in (None, self.isolation.group):
+                raise InvalidRequestError("config: [isolation] group must be the [access] group: "
+                                          "one group owns the sockets")
         if data.get("remote") is not None:
             self.remote = RemoteAccess.from_table(data["remote"])
 

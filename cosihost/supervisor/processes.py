@@ -127,6 +127,8 @@ class Slot:
         default_factory=lambda: collections.deque(maxlen=64))
     kill_reason: str = ""
     placement: Placement | None = None
+    #: The user it runs as (uid, gid, groups), or None: the supervisor's.
+    identity: dict[str, Any] | None = None
     waiters: list[Any] = dataclasses.field(default_factory=list)
 
     @property

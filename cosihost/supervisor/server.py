@@ -32,6 +32,7 @@ import queue
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -138,6 +139,13 @@ class Supervisor:
         self.registry = Registry()
         self.registry.accept(supervisor_declaration())
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
+        iso = self.settings.isolation
+        if iso is not None and iso.why_not():
+            self.status.isolation_off = str(iso.why_not())
+            log.warning("isolation: %s", iso.why_not())
+        elif iso is not None and not _reachable_by_others(Path(sys.prefix)):
+            log.warning("isolation: %s is not readable by other users, so a controller running as its own "
+                        "user can import only what the zygote preloaded (install into /opt or /usr)", sys.prefix)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
         if self.metrics is not None:
@@ -197,8 +205,10 @@ class Supervisor:
             self.metrics.watch_subscribers(self.pub)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
-        if self.settings.access_group is not None:
-            _share_with_group(rd, self.settings.access_group)
+        iso = self.settings.isolation
+        group = iso.group if iso is not None and iso.why_not() is None else self.settings.access_group
+        if group is not None:  # controllers under their own uids reach the sockets through it
+            _share_with_group(rd, group)
         self.remote_router: "zmq.Socket[bytes] | None" = None
         self.remote_pub: "zmq.Socket[bytes] | None" = None
         if self.settings.remote is not None:
@@ -677,4 +687,15 @@ def _share_with_group(rd: Path, gid: int) -> None:
         except OSError as exc:
             raise InvalidRequestError(f"[access] group {gid}: cannot give {path} to it: {exc.strerror} "
                                       "(the supervisor must be root or a member of that group)") from None
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Can a user other than the owner walk down to ``path``?"""
+    for part in [path, *path.parents]:
+        try:
+            if not os.stat(part).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
 

@@ -48,6 +48,8 @@ class StatusWriter:
         self.mechanism = mechanism
         #: Writes refused per controller for its write rate limit.
         self.refusals: dict[str, int] = {}
+        #: Why controllers run as the supervisor's user (set by the server).
+        self.isolation_off = "not configured ([isolation])"
 
     def _put(self, namespace: str, type: str, id: str, spec: dict[str, Any]) -> None:
         def replace(current: dict[str, Any]) -> None:
@@ -84,6 +86,7 @@ class StatusWriter:
             "usage": usage(slot.pid) if running else {},
             "counters": dict(slot.counters),
             "throttled": self.throttled(slot.name),
+            "isolation": self.isolation(slot),
             "module": slot.module.name,
             "class": slot.cls,
             "reason": "",  # why it was refused; a running slot was not
@@ -91,6 +94,13 @@ class StatusWriter:
             "outputs": [o.to_wire() for o in slot.decl.outputs] if slot.decl else [],
             **({"queue": slot.decl.queue} if slot.decl and slot.decl.queue else {}),
         }
+
+    def isolation(self, slot: Slot) -> dict[str, Any]:
+        """The user a controller runs as, or why it runs as the supervisor's."""
+        if slot.identity is not None:
+            return {"uid": slot.identity["uid"], "gid": slot.identity["gid"],
+                    "groups": list(slot.identity["groups"]), "no_new_privs": True}
+        return {"mode": "none", "reason": self.isolation_off}
 
     def throttled(self, name: str) -> int:
         """Writes of ``name`` refused for its write rate limit (set by supervision)."""

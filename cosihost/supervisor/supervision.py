@@ -25,6 +25,7 @@ from . import processes
 from .access import Caller
 from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
+from ..worker.identity import become
 from . import orphans, ratelimit
 from .registry import Declaration, Registry
 from .status import StatusWriter
@@ -217,6 +218,8 @@ class Supervision:
     def _forget(self, slot: Slot) -> None:
         self.slots.pop(slot.name, None)
         self.buckets.pop(slot.name, None)
+        if self.settings.isolation is not None:
+            self.settings.isolation.release(slot.name)
         self.status.removed(slot.name)
         if slot.decl is not None:
             if self.settings.removed_outputs == orphans.DESTROY:
@@ -243,15 +246,19 @@ class Supervision:
         limits, _bucket = ratelimit.split(slot.name, {**slot.decl.limits, **self.settings.limits.get(slot.name, {})})
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
+        iso = self.settings.isolation
+        slot.identity = iso.assign(slot.name) if iso is not None and iso.why_not() is None else None
+        setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
         zygote = self._zygote()
         if zygote is not None:
             try:
-                proc = zygote.spawn(config, slot.placement.setup)
+                proc = zygote.spawn(config, setup)
             except OSError as exc:
                 log.warning("zygote spawn of %s failed (%s); starting it cold", slot.name, exc)
         if proc is None:
-            proc = processes.spawn_cold(config, preexec=self.limiter.preexec(slot.placement))
+            proc = processes.spawn_cold(config, preexec=_then_become(self.limiter.preexec(slot.placement),
+                                                                      slot.identity))
         processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
 
@@ -468,3 +475,17 @@ class Supervision:
         if self.module_errors:
             text += f", {len(self.module_errors)} module(s) failed"
         return text
+
+
+def _then_become(preexec: Callable[[], None] | None,
+                 identity: dict[str, Any] | None) -> Callable[[], None] | None:
+    """A cold start's preexec: its placement, then its user (placing needs root)."""
+    if identity is None:
+        return preexec
+
+    def child() -> None:
+        if preexec is not None:
+            preexec()
+        become(identity)
+    return child
+

@@ -12,6 +12,8 @@ import os
 import resource
 from typing import Any
 
+from .identity import become
+
 
 def apply_setup(setup: dict[str, Any]) -> None:
     """``{"procs": [cgroup.procs or tasks paths], "rlimits": {"RLIMIT_AS": [soft, hard]}}``."""
@@ -23,3 +25,5 @@ def apply_setup(setup: dict[str, Any]) -> None:
             os.close(fd)
     for name, (soft, hard) in (setup.get("rlimits") or {}).items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
+    if setup.get("identity"):  # last: placing needs root
+        become(setup["identity"])

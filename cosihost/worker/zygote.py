@@ -108,6 +108,7 @@ def main(fd: int, parent: int) -> int:
     except ImportError:
         pass
     import zmq  # noqa: F401  preloaded for the children; no context is created here
+    import psutil  # noqa: F401  what device controllers use most (the bundled ones do)
 
     from . import loop  # noqa: F401
     sock = socket.socket(fileno=fd)

@@ -1,0 +1,67 @@
+"""Which user each controller runs as: ``[isolation]``.
+
+Each controller gets a uid of its own from a range (as systemd's
+DynamicUser does), stable for its name across restarts, so files it makes
+keep their owner, and never the uid of another running controller. Its
+only supplementary group is the socket group, which owns the runtime folder
+and the two sockets (and nothing else), so it can reach the supervisor and
+not the admin token or the state folder. See cosihost.worker.identity for
+what the new process does with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any
+
+from ..errors import InvalidRequestError
+
+#: Default uids for controllers: far above ordinary and system accounts.
+DEFAULT_UIDS = (3_000_000, 3_065_535)
+
+
+@dataclasses.dataclass
+class Isolation:
+    first: int
+    last: int
+    group: int      # the socket group: the runtime folder and the sockets belong to it
+    taken: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: Any, *, access_group: int | None) -> "Isolation | None":
+        if not isinstance(table, dict) or set(table) - {"enabled", "uids", "group"}:
+            raise InvalidRequestError("config: [isolation] takes enabled, uids = [FIRST, LAST] and group")
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidRequestError("config: [isolation] enabled must be true or false")
+        uids = table.get("uids", list(DEFAULT_UIDS))
+        if (not isinstance(uids, list) or len(uids) != 2 or not all(isinstance(u, int) for u in uids)
+                or not 0 < uids[0] <= uids[1] < 2 ** 32 - 1):
+            raise InvalidRequestError("config: [isolation] uids must be [FIRST, LAST], two uids above 0")
+        group = table.get("group", access_group if access_group is not None else uids[0] - 1)
+        if not isinstance(group, int) or isinstance(group, bool) or group <= 0:
+            raise InvalidRequestError("config: [isolation] group must be a gid above 0")
+        return cls(uids[0], uids[1], group) if enabled else None
+
+    def why_not(self) -> str | None:
+        """Why controllers cannot run as their own users here, or None."""
+        return None if os.geteuid() == 0 else "the supervisor is not root: controllers run as its user"
+
+    def assign(self, name: str) -> dict[str, Any]:
+        """The identity of ``name``: its uid (kept while it runs), its group, the socket group."""
+        uid = self.taken.get(name)
+        if uid is None:
+            size = self.last - self.first + 1
+            start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % size
+            used = set(self.taken.values())
+            free = next((self.first + (start + i) % size for i in range(size)
+                         if self.first + (start + i) % size not in used), None)
+            if free is None:
+                raise InvalidRequestError(f"no free uid in [isolation] uids for {name!r}")
+            uid = self.taken[name] = free
+        return {"uid": uid, "gid": uid, "groups": [self.group]}
+
+    def release(self, name: str) -> None:
+        self.taken.pop(name, None)

@@ -1,0 +1,105 @@
+"""Each controller as a user of its own (``[isolation]``): a rogue
+controller's attempts on the supervisor, its files and the other
+controllers all fail while it keeps running; the bundled controllers work
+under their own uids. Root only: only root can hand out uids."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from cosihost import Resource
+from cosihost.testing import wait_for
+
+from test_supervision import FAST, RELAY
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root can run controllers as other users")
+
+ISOLATED = FAST + "[isolation]\nenabled = true\n\n[namespaces.keep]\npersistent = true\n"
+TARGETS = "Targets.test.cosihost.dev"
+ATTEMPTS = "Attempts.test.cosihost.dev"
+ROGUE = '''
+import ctypes, errno, os
+from cosihost import Client, Controller, Input, Output
+
+class Rogue(Controller):
+    name = "test.Rogue"
+    inputs = [Input("rogue", "{targets}", kind="weak")]
+    outputs = [Output("{attempts}")]
+
+    def reconcile(self, rt):
+        targets = rt.list("rogue", "{targets}")
+        if not targets:
+            return
+        sup, other = targets[0].spec["supervisor"], targets[0].spec["other"]
+        libc = ctypes.CDLL(None, use_errno=True)
+        results = {{}}
+
+        def ptrace():
+            if libc.ptrace(16, sup, None, None) != 0:  # PTRACE_ATTACH
+                raise OSError(ctypes.get_errno(), "ptrace")
+
+        def attempt(what, fn):
+            try:
+                fn()
+                results[what] = "succeeded"
+            except OSError as exc:
+                results[what] = errno.errorcode.get(exc.errno, str(exc.errno))
+            except Exception as exc:
+                results[what] = type(exc).__name__
+
+        attempt("read admin.token", lambda: open("{rd}/admin.token").read())
+        attempt("read the state database", lambda: open("{sd}/state.sqlite3", "rb").read(1))
+        attempt("connect as admin", lambda: Client("{rd}", admin=True).close())
+        attempt("signal the supervisor", lambda: os.kill(sup, 0))
+        attempt("signal another controller", lambda: os.kill(other, 0))
+        attempt("ptrace the supervisor", ptrace)
+        attempt("read the supervisor's environ", lambda: open(f"/proc/{{sup}}/environ", "rb").read())
+        attempt("write in the runtime folder", lambda: open("{rd}/rogue", "w").close())
+        attempt("write in /etc", lambda: open("/etc/cosihost-rogue", "w").close())
+        attempt("setuid(0)", lambda: os.setuid(0))
+        rt.modify("rogue", "{attempts}", "all", lambda s: s.update(results=results, uid=os.getuid()))
+'''
+
+
+def _open_up(sup) -> None:
+    """The test's own folders are root's 0700: let controllers of other uids in."""
+    os.chmod(sup.base, 0o711)
+    os.chmod(sup.controllers_dir, 0o755)
+
+
+def test_a_rogue_controller_cannot_touch_what_is_not_its_own(supervisor_factory) -> None:
+    sup = supervisor_factory(config=ISOLATED, start=False, controllers={"relay": RELAY})
+    sup.write_controller("rogue", ROGUE.format(targets=TARGETS, attempts=ATTEMPTS, rd=sup.runtime_dir,
+                                               sd=sup.state_dir))
+    _open_up(sup)
+    sup.start()
+    other = sup.controller_pid("test.Relay")
+    with sup.client() as c:
+        c.create(Resource("keep", "Kept.test.cosihost.dev", "x", {}))   # the state database exists
+        c.create(Resource("rogue", TARGETS, "t", {"supervisor": sup.pid, "other": other}))
+        spec = wait_for(lambda: [r.spec for r in c.list("rogue", ATTEMPTS)], message="the rogue's attempts")[0]
+    assert spec["uid"] >= 3_000_000
+    assert spec["results"] and all(r != "succeeded" for r in spec["results"].values()), spec["results"]
+    status = sup.statuses()["test.Rogue"]
+    assert status["state"] == "running" and status["isolation"]["uid"] == spec["uid"]
+    assert status["isolation"]["no_new_privs"] is True
+    relay = sup.statuses()["test.Relay"]["isolation"]["uid"]
+    assert relay != spec["uid"] and psutil.Process(other).uids().real == relay
+
+
+def test_the_bundled_controllers_work_under_their_own_uids(supervisor_factory) -> None:
+    sup = supervisor_factory(config=ISOLATED, start=False, bundled=True, controllers={})
+    _open_up(sup)
+    sup.start()
+    names = set(psutil.net_if_stats())
+    with sup.client() as c:
+        wait_for(lambda: names <= {r.metadata.id for r in c.list("network", "LinkStatuses.net.cosihost.dev")},
+                 message="every interface listed by the isolated links controller")
+    statuses = sup.statuses()
+    uids = {name: s["isolation"].get("uid") for name, s in statuses.items()}
+    assert all(s["state"] == "running" for s in statuses.values()), statuses
+    assert all(uid and uid >= 3_000_000 for uid in uids.values()), uids
+    assert len(set(uids.values())) == len(uids)   # one user each
