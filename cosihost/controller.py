@@ -103,6 +103,9 @@ class Controller:
     inputs: ClassVar[list[Input]] = []
     outputs: ClassVar[list[Output]] = []
     limits: ClassVar[dict[str, Any]] = {}
+    #: Linux capabilities it needs, e.g. ["CAP_NET_ADMIN"]: kept when it runs
+    #: as its own user ([isolation]); every other one is dropped.
+    capabilities: ClassVar[list[str]] = []
     definitions: ClassVar[list[ResourceDefinition]] = []
 
     def reconcile(self, rt: Runtime) -> None | Awaitable[None]:
@@ -124,5 +127,6 @@ class Controller:
             "inputs": [i.to_wire() for i in cls.inputs],
             "outputs": [o.to_wire() for o in cls.outputs],
             "limits": dict(cls.limits),
+            "capabilities": list(cls.capabilities),
             "definitions": [d.to_spec() for d in cls.definitions],
         }

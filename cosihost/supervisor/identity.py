@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any
+from typing import Any, Sequence
 
+from .. import capabilities
 from ..errors import InvalidRequestError
 
 #: Default uids for controllers: far above ordinary and system accounts.
@@ -28,11 +29,18 @@ class Isolation:
     last: int
     group: int      # the socket group: the runtime folder and the sockets belong to it
     taken: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Capabilities no controller may keep: one that declares any is refused.
+    deny: list[str] = dataclasses.field(default_factory=list)
+
+    def refusal(self, name: str, wanted: list[str]) -> str | None:
+        """Why a controller declaring ``wanted`` capabilities may not run, or None."""
+        denied = sorted(set(wanted) & set(self.deny))
+        return f"{name} declares {', '.join(denied)}, which [isolation] deny refuses" if denied else None
 
     @classmethod
     def from_table(cls, table: Any, *, access_group: int | None) -> "Isolation | None":
-        if not isinstance(table, dict) or set(table) - {"enabled", "uids", "group"}:
-            raise InvalidRequestError("config: [isolation] takes enabled, uids = [FIRST, LAST] and group")
+        if not isinstance(table, dict) or set(table) - {"enabled", "uids", "group", "deny"}:
+            raise InvalidRequestError("config: [isolation] takes enabled, uids = [FIRST, LAST], group and deny")
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
             raise InvalidRequestError("config: [isolation] enabled must be true or false")
@@ -43,14 +51,16 @@ class Isolation:
         group = table.get("group", access_group if access_group is not None else uids[0] - 1)
         if not isinstance(group, int) or isinstance(group, bool) or group <= 0:
             raise InvalidRequestError("config: [isolation] group must be a gid above 0")
-        return cls(uids[0], uids[1], group) if enabled else None
+        deny = capabilities.checked(table.get("deny", []), who="config: [isolation] deny")
+        return cls(uids[0], uids[1], group, deny=deny) if enabled else None
 
     def why_not(self) -> str | None:
         """Why controllers cannot run as their own users here, or None."""
         return None if os.geteuid() == 0 else "the supervisor is not root: controllers run as its user"
 
-    def assign(self, name: str) -> dict[str, Any]:
-        """The identity of ``name``: its uid (kept while it runs), its group, the socket group."""
+    def assign(self, name: str, caps: Sequence[str] = ()) -> dict[str, Any]:
+        """The identity of ``name``: its uid (kept while it runs), its group, the socket group,
+        and the capabilities it keeps."""
         uid = self.taken.get(name)
         if uid is None:
             size = self.last - self.first + 1
@@ -61,7 +71,8 @@ class Isolation:
             if free is None:
                 raise InvalidRequestError(f"no free uid in [isolation] uids for {name!r}")
             uid = self.taken[name] = free
-        return {"uid": uid, "gid": uid, "groups": [self.group]}
+        return {"uid": uid, "gid": uid, "groups": [self.group], "caps": capabilities.numbers(caps),
+                "capabilities": list(caps)}
 
     def release(self, name: str) -> None:
         self.taken.pop(name, None)

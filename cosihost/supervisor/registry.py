@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Iterable
 
 from ..controller import INPUT_KINDS, OUTPUT_KINDS, Input, Output
+from .. import capabilities
 from ..errors import InvalidRequestError
 from ..resource import check_name
 
@@ -28,6 +29,8 @@ class Declaration:
     definitions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: A QController's primary and mapped inputs and concurrency (shown, not enforced).
     queue: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The Linux capabilities it keeps when it runs as its own user.
+    capabilities: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, source: str = "") -> "Declaration":
@@ -39,7 +42,8 @@ class Declaration:
             queue = dict(data.get("queue") or {})
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"declaration of {data.get('name')!r}: {exc}") from None
-        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions, queue)
+        caps = capabilities.checked(data.get("capabilities") or [], who=str(data.get("name")))
+        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions, queue, caps)
         decl.check()
         return decl
 

@@ -144,6 +144,10 @@ class Supervision:
             decl = Declaration.from_wire(data, source=source)
             limits, bucket = ratelimit.split(name, {**decl.limits, **self.settings.limits.get(name, {})})
             parse_limits(name, limits)
+            iso = self.settings.isolation
+            denied = iso.refusal(name, decl.capabilities) if iso is not None else None
+            if denied:
+                raise InvalidRequestError(denied)
             why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
         except InvalidRequestError as exc:
             decl, why = None, str(exc)
@@ -247,7 +251,8 @@ class Supervision:
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
         iso = self.settings.isolation
-        slot.identity = iso.assign(slot.name) if iso is not None and iso.why_not() is None else None
+        slot.identity = (iso.assign(slot.name, slot.decl.capabilities)
+                         if iso is not None and iso.why_not() is None else None)
         setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
         zygote = self._zygote()

@@ -103,3 +103,56 @@ def test_the_bundled_controllers_work_under_their_own_uids(supervisor_factory) -
     assert all(s["state"] == "running" for s in statuses.values()), statuses
     assert all(uid and uid >= 3_000_000 for uid in uids.values()), uids
     assert len(set(uids.values())) == len(uids)   # one user each
+
+
+CAPS = "Caps.test.cosihost.dev"
+PROBE = '''
+import os, socket
+from cosihost import Controller, Output
+
+class {cls}(Controller):
+    name = "test.{cls}"
+    outputs = [Output("{caps}{cls}")]
+    capabilities = {caps_list}
+
+    def reconcile(self, rt):
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+        sets = {{k: int(status[k].strip(), 16) for k in ("CapPrm", "CapEff", "CapAmb", "CapBnd")}}
+        try:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, 36, 1)   # SO_MARK: needs CAP_NET_ADMIN
+            mark = "set"
+        except PermissionError:
+            mark = "EPERM"
+        rt.modify("caps", "{caps}{cls}", "x", lambda s: s.update(sets=sets, mark=mark))
+'''
+
+
+def test_a_controller_keeps_exactly_the_capabilities_it_declares(supervisor_factory) -> None:
+    modules = {"admin": PROBE.format(cls="NetAdmin", caps=CAPS, caps_list='["CAP_NET_ADMIN"]'),
+               "plain": PROBE.format(cls="Plain", caps=CAPS, caps_list="[]")}
+    sup = supervisor_factory(config=ISOLATED, start=False, controllers=modules)
+    _open_up(sup)
+    sup.start()
+    with sup.client() as c:
+        admin = wait_for(lambda: [r.spec for r in c.list("caps", CAPS + "NetAdmin")], message="NetAdmin")[0]
+        plain = wait_for(lambda: [r.spec for r in c.list("caps", CAPS + "Plain")], message="Plain")[0]
+    net_admin = 1 << 12
+    assert admin["sets"] == {"CapPrm": net_admin, "CapEff": net_admin, "CapAmb": net_admin, "CapBnd": net_admin}
+    assert admin["mark"] == "set"
+    assert plain["sets"] == {"CapPrm": 0, "CapEff": 0, "CapAmb": 0, "CapBnd": 0} and plain["mark"] == "EPERM"
+    assert sup.statuses()["test.NetAdmin"]["isolation"]["capabilities"] == ["CAP_NET_ADMIN"]
+
+
+def test_a_denied_capability_refuses_only_that_controller(supervisor_factory) -> None:
+    modules = {"admin": PROBE.format(cls="Wants", caps=CAPS, caps_list='["CAP_SYS_ADMIN"]'),
+               "plain": PROBE.format(cls="Plain", caps=CAPS, caps_list="[]"),
+               "typo": PROBE.format(cls="Typo", caps=CAPS, caps_list='["CAP_NET_WIZARD"]')}
+    config = ISOLATED.replace("enabled = true", 'enabled = true\ndeny = ["CAP_SYS_ADMIN"]')
+    sup = supervisor_factory(config=config, start=False, controllers=modules)
+    _open_up(sup)
+    sup.start()
+    statuses = sup.statuses()
+    assert "CAP_SYS_ADMIN, which [isolation] deny refuses" in statuses["test.Wants"]["reason"]
+    assert "unknown capability 'CAP_NET_WIZARD'" in statuses["test.Typo"]["reason"]
+    assert statuses["test.Plain"]["state"] == "running"
