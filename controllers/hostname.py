@@ -12,7 +12,9 @@ HostnameConfigs resource (namespace ``config``)::
 
 and the controller derives a HostnameSpecs resource with the same id: the
 name split into hostname and domain, checked (RFC 1123), and whether the
-machine already carries it. It never changes the machine's hostname.
+machine already carries it. It never changes the machine's hostname
+itself: with ``apply: true`` in the config, ``net.HostnameApplyController``
+(hostname_apply.py) does.
 
 It is a ``cosihost.generic.transform``: the config is a STRONG input, so
 the controller puts its finalizer on every config it derived something
@@ -90,6 +92,7 @@ def derive(config: dict, system: dict) -> dict:
     return {
         "valid": True, "hostname": host, "domainname": domain, "fqdn": fqdn,
         "in_sync": system.get("hostname") == host and system.get("domainname", "") == domain,
+        "apply": config.get("apply") is True,   # hostname_apply.py sets it on the machine only if asked
     }
 
 

@@ -52,7 +52,7 @@ class SupervisorProcess:
 
     def __init__(self, *, controllers: dict[str, str] | None = None, config: str | None = None,
                  base: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
-                 bundled: bool = False) -> None:
+                 bundled: bool = False, wrapper: list[str] | None = None) -> None:
         # Short paths: ipc socket paths must fit in sun_path (108 bytes).
         self.base = Path(tempfile.mkdtemp(prefix="ch-", dir=base))
         self.runtime_dir = self.base / "run"
@@ -62,6 +62,8 @@ class SupervisorProcess:
         self.config_path: Path | None = None
         #: Whether the bundled device controllers run too (off: a test sees only its own).
         self.bundled = bundled
+        #: A command the supervisor runs under, e.g. ["unshare", "--uts"] (it must exec, not fork).
+        self.wrapper = list(wrapper or [])
         self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen[bytes] | None = None
         self._known: dict[int, psutil.Process] = {}
@@ -85,7 +87,7 @@ class SupervisorProcess:
                "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
-        self.proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.wrapper + cmd, env=self.env, start_new_session=True)
         if wait:
             self.wait_ready(timeout=timeout)
         return self
