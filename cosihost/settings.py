@@ -172,7 +172,7 @@ class Settings:
         self._apply_metrics(data.get("metrics"))
         if data.get("access") is not None:
             self.access_group = _access_group(data["access"])
-        if data.get("isolation") is not None:
+        if "isolation" in data:
             from .supervisor.identity import Isolation
             self.isolation = Isolation.from_table(data["isolation"], access_group=self.access_group)
             if self.isolation is not None and self.access_group not in (None, self.isolation.group):

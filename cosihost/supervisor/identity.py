@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from .. import capabilities
@@ -76,3 +77,14 @@ class Isolation:
 
     def release(self, name: str) -> None:
         self.taken.pop(name, None)
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Can a user other than the owner walk down to ``path`` and read it?"""
+    try:
+        if not os.stat(path).st_mode & 0o004:
+            return False
+        return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
+    except OSError:
+        return False
+

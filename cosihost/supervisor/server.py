@@ -55,6 +55,7 @@ from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
 from .registry import Registry
+from .identity import reachable_by_others
 from .remote_access import RemotePeer
 from .remote import RemoteWrites
 from .sdnotify import Notifier
@@ -93,6 +94,11 @@ class Supervisor:
     def __init__(self, settings: Settings, *, limiter: limits_mod.Limiter | None = None,
                  notifier: Notifier | None = None) -> None:
         self.settings = settings
+        iso = settings.isolation
+        #: Why controllers run as the supervisor's user although [isolation] is on (then off).
+        self._isolation_off = iso.why_not() if iso else None
+        if self._isolation_off:
+            settings.isolation = None
         self.limiter = limiter or limits_mod.choose()
         self.notifier = notifier or Notifier.from_env()
         self._probe_results: queue.SimpleQueue[list[processes.ProbeResult]] = queue.SimpleQueue()
@@ -139,11 +145,10 @@ class Supervisor:
         self.registry = Registry()
         self.registry.accept(supervisor_declaration())
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
-        iso = self.settings.isolation
-        if iso is not None and iso.why_not():
-            self.status.isolation_off = str(iso.why_not())
-            log.warning("isolation: %s", iso.why_not())
-        elif iso is not None and not _reachable_by_others(Path(sys.prefix)):
+        if self._isolation_off:
+            self.status.isolation_off = self._isolation_off
+            log.warning("isolation: %s", self._isolation_off)
+        elif self.settings.isolation is not None and not reachable_by_others(Path(sys.prefix)):
             log.warning("isolation: %s is not readable by other users, so a controller running as its own "
                         "user can import only what the zygote preloaded (install into /opt or /usr)", sys.prefix)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
@@ -206,7 +211,7 @@ class Supervisor:
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
         iso = self.settings.isolation
-        group = iso.group if iso is not None and iso.why_not() is None else self.settings.access_group
+        group = iso.group if iso is not None else self.settings.access_group
         if group is not None:  # controllers under their own uids reach the sockets through it
             _share_with_group(rd, group)
         self.remote_router: "zmq.Socket[bytes] | None" = None
@@ -688,14 +693,4 @@ def _share_with_group(rd: Path, gid: int) -> None:
             raise InvalidRequestError(f"[access] group {gid}: cannot give {path} to it: {exc.strerror} "
                                       "(the supervisor must be root or a member of that group)") from None
 
-
-def _reachable_by_others(path: Path) -> bool:
-    """Can a user other than the owner walk down to ``path``?"""
-    for part in [path, *path.parents]:
-        try:
-            if not os.stat(part).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-    return True
 

@@ -9,6 +9,7 @@ says how each type is shown. Both are ordinary state, so ``cosihost get
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,7 +50,8 @@ class StatusWriter:
         #: Writes refused per controller for its write rate limit.
         self.refusals: dict[str, int] = {}
         #: Why controllers run as the supervisor's user (set by the server).
-        self.isolation_off = "not configured ([isolation])"
+        self.isolation_off = ("[isolation] enabled = false" if os.geteuid() == 0
+                              else "the supervisor is not root: controllers run as its user")
 
     def _put(self, namespace: str, type: str, id: str, spec: dict[str, Any]) -> None:
         def replace(current: dict[str, Any]) -> None:

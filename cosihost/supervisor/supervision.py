@@ -251,8 +251,7 @@ class Supervision:
         slot.placement = self.limiter.prepare(slot.name, limits)
         config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
         iso = self.settings.isolation
-        slot.identity = (iso.assign(slot.name, slot.decl.capabilities)
-                         if iso is not None and iso.why_not() is None else None)
+        slot.identity = iso.assign(slot.name, slot.decl.capabilities) if iso is not None else None
         setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
         zygote = self._zygote()
