@@ -104,6 +104,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = None
     #: The group whose members may use the local sockets (``[access] group``), as a gid.
     access_group: int | None = None
+    #: With it, only members of this group (``[access] writers``) may write; others read.
+    access_writers: int | None = None
     #: Each controller as a user of its own (``[isolation]``), or None: off.
     isolation: Any = None
     #: Remote access over CURVE (``[remote]``), or None: off.
@@ -171,7 +173,7 @@ class Settings:
             self.history = int(data["history"])
         self._apply_metrics(data.get("metrics"))
         if data.get("access") is not None:
-            self.access_group = _access_group(data["access"])
+            self.access_group, self.access_writers = _access(data["access"])
         if "isolation" in data:
             from .supervisor.identity import Isolation
             self.isolation = Isolation.from_table(data["isolation"], access_group=self.access_group)
@@ -213,20 +215,25 @@ class Settings:
             self.bundled = table["bundled"]
 
 
-def _access_group(table: Any) -> int:
-    """``[access] group = "name"`` (or a gid): who besides the supervisor's user may use its sockets."""
+def _access(table: Any) -> tuple[int, int | None]:
+    """``[access] group`` (who besides the supervisor's user may use its sockets) and
+    ``writers`` (who among them may write), names or gids."""
+    if not isinstance(table, dict) or set(table) - {"group", "writers"} or "group" not in table:
+        raise InvalidRequestError("config: [access] takes group = \"NAME\" (or a gid) and writers")
+    writers = table.get("writers")
+    return _gid(table["group"], "group"), None if writers is None else _gid(writers, "writers")
+
+
+def _gid(group: Any, key: str) -> int:
     import grp
-    if not isinstance(table, dict) or set(table) - {"group"} or "group" not in table:
-        raise InvalidRequestError("config: [access] takes one key, group = \"NAME\" (or a gid)")
-    group = table["group"]
     if isinstance(group, int) and not isinstance(group, bool) and group >= 0:
         return group
     if not isinstance(group, str) or not group:
-        raise InvalidRequestError(f"config: [access] group must be a group name or a gid, not {group!r}")
+        raise InvalidRequestError(f"config: [access] {key} must be a group name or a gid, not {group!r}")
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise InvalidRequestError(f"config: [access] group {group!r}: no such group on this machine") from None
+        raise InvalidRequestError(f"config: [access] {key} {group!r}: no such group on this machine") from None
 
 
 ROLES = ("read", "write", "admin")

@@ -31,7 +31,7 @@ from ..state.router import NamespaceRouter
 from ..state.events import Record
 from ..state.txn import Op
 from ..wire import Reply, Request
-from . import access
+from . import access, local_access
 from .access import ADMIN, USER, Caller
 from .registry import Registry
 from .remote_access import RemotePeer
@@ -167,13 +167,14 @@ class Api:
 
     # -- entry -----------------------------------------------------------
     def handle(self, frame: bytes, respond_later: Callable[[str], Respond], *,
-               remote: RemotePeer | None = None) -> bytes | None:
+               remote: RemotePeer | None = None, reader: str | None = None) -> bytes | None:
         """Answer one request frame; None when the answer is deferred.
-        ``remote``: the peer of a remote request (its role decides, not a token)."""
+        ``remote``: the peer of a remote request (its role decides, not a token);
+        ``reader``: the uid of a read-only local user ([access] writers)."""
         stats = self.stats
         started = time.perf_counter() if stats is not None else 0.0
         try:
-            answer, op, result = self._handle(frame, respond_later, started, remote)
+            answer, op, result = self._handle(frame, respond_later, started, remote, reader)
         except Exception as exc:  # a bug here must not take the supervisor down
             log.exception("request handling failed")
             answer, op, result = wire.encode_reply(Reply(False, "", code="internal",
@@ -183,7 +184,7 @@ class Api:
         return answer
 
     def _handle(self, frame: bytes, respond_later: Callable[[str], Respond], started: float,
-                remote: RemotePeer | None) -> tuple[bytes | None, str, str]:
+                remote: RemotePeer | None, reader: str | None = None) -> tuple[bytes | None, str, str]:
         """(the answer or None when deferred, the verb, the result for the metrics)."""
         try:
             req = wire.decode_request(frame)
@@ -217,6 +218,9 @@ class Api:
 
         try:
             caller = self._identify(req) if remote is None else remote.caller(req.op)
+            if reader is not None and caller is USER and req.op in local_access.REFUSED:
+                raise AccessDeniedError(f"local user {reader} may read but not {req.op}: "
+                                        "not a member of the [access] writers group")
             if caller.decl is not None and req.op in LIMITED:
                 self._throttle(caller, req)
             result = getattr(self, "op_" + req.op)(caller, req.args, later)

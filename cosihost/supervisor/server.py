@@ -50,7 +50,7 @@ from ..state.events import Record
 from ..wire import Reply
 from . import access
 from . import limits as limits_mod
-from . import processes, remote_access
+from . import local_access, processes, remote_access
 from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
@@ -208,6 +208,8 @@ class Supervisor:
                 path.unlink()  # stale, from a supervisor that died; the lock says none runs
         if self.metrics is not None:  # before the bind: every connection is seen
             self.metrics.watch_subscribers(self.pub)
+        if self.settings.access_writers is not None:  # who each local connection is: ZAP
+            self.router.setsockopt(zmq.ZAP_DOMAIN, local_access.ZAP_DOMAIN)
         self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
         iso = self.settings.isolation
@@ -286,6 +288,8 @@ class Supervisor:
         """(status code, status text, user id) for one ZAP request."""
         if len(frames) >= 6 and frames[2] == remote_access.ZAP_DOMAIN and self.settings.remote is not None:
             return remote_access.authenticate(self.settings.remote, frames[5], frames[6:])
+        if len(frames) >= 6 and frames[2] == local_access.ZAP_DOMAIN and self.settings.access_writers is not None:
+            return local_access.authenticate(frames[3], self.settings.access_writers)
         if len(frames) != 8 or frames[0] != b"1.0":
             return b"500", b"malformed ZAP request", b""
         _version, _rid, domain, address, _routing_id, mechanism, username, _password = frames
@@ -592,11 +596,16 @@ class Supervisor:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
             if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
-            frames = self.router.recv_multipart(zmq.NOBLOCK)
+            if self.settings.access_writers is not None:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                reader = local_access.read_only(remote_access.user_id(parts[-1]))
+                frames = [p.bytes for p in parts]
+            else:
+                frames, reader = self.router.recv_multipart(zmq.NOBLOCK), None
             if len(frames) < 3 or frames[-2] != b"":
                 continue  # not a REQ envelope: nobody to answer
             envelope = frames[:-1]
-            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope))
+            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope), reader=reader)
             if answer is not None:
                 self.router.send_multipart(envelope + [answer])
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from cosihost import Client, Resource
+from cosihost.testing import wait_for
 
 MEMBER_GID, OTHER_GID, UID = 42_430, 42_440, 42_420
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
@@ -72,3 +73,33 @@ def test_an_unknown_group_name_is_refused_clearly(tmp_path: Path) -> None:
     config.write_text('[access]\ngroup = "no-such-group-here"\n')
     with pytest.raises(InvalidRequestError, match="no such group"):
         Settings.build(runtime_dir=tmp_path, config=config)
+
+
+WRITERS_GID = 42_450
+
+
+def _write_or_read(rd: Path) -> Any:
+    with Client(rd, timeout=3, retries=0) as c:
+        listed = c.list("shared", "Notes.test.cosihost.dev")
+        try:
+            c.create(Resource("shared", "Notes.test.cosihost.dev", f"w-{os.getuid()}-{len(os.getgroups())}", {}))
+            return ["wrote", len(listed) >= 0]
+        except Exception as exc:  # the refusal is what the test reads
+            return [type(exc).__name__, str(exc)]
+
+
+def test_only_writers_write_the_others_read(supervisor_factory) -> None:
+    from test_supervision import RELAY
+    sup = supervisor_factory(config=f"[access]\ngroup = {MEMBER_GID}\nwriters = {WRITERS_GID}\n",
+                             controllers={"relay": RELAY})
+    os.chmod(sup.base, 0o711)
+    rd = sup.runtime_dir
+    reader = _as_user(UID, [MEMBER_GID], lambda: _write_or_read(rd))["result"]
+    assert reader[0] == "AccessDeniedError" and "may read but not create" in reader[1], reader
+    writer = _as_user(UID, [MEMBER_GID, WRITERS_GID], lambda: _write_or_read(rd))["result"]
+    assert writer == ["wrote", True]
+    with sup.client() as c:   # the supervisor's own user writes, as before
+        c.create(Resource("shared", "Notes.test.cosihost.dev", "root", {}))
+        assert sorted(r.metadata.id for r in c.list("shared", "Notes.test.cosihost.dev")) == ["root", f"w-{UID}-2"]
+        c.create(Resource("relay-in", "Ints.test.cosihost.dev", "x", {"value": 1}))   # controllers: by token
+        wait_for(lambda: c.list("relay-out", "Strs.test.cosihost.dev"), message="the controller's write")
