@@ -48,9 +48,10 @@ def test_a_config_that_asks_renames_the_namespace(supervisor_factory) -> None:
     with sup.client() as c:
         c.create(Resource("config", "HostnameConfigs.net.cosihost.dev", "quiet", {"hostname": "not-applied"}))
         c.create(Resource("config", "HostnameConfigs.net.cosihost.dev", "h", {"hostname": NAME, "apply": True}))
-        wait_for(lambda: _hostname_of(sup.pid) == NAME, message="the namespace's new hostname")
-        done = c.get("network", "HostnameApplications.net.cosihost.dev", "h").spec
+        done = wait_for(lambda: [r.spec for r in c.list("network", "HostnameApplications.net.cosihost.dev")],
+                        message="the controller's report")[0]   # written once the name is set
         assert done == {"hostname": NAME, "applied": True, "error": ""}
+        assert _hostname_of(sup.pid) == NAME
         assert [r.metadata.id for r in c.list("network", "HostnameApplications.net.cosihost.dev")] == ["h"]
     assert _hostname_of(os.getpid()) == before   # this machine's own name never moved
 
