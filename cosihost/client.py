@@ -24,7 +24,7 @@ from .keys import ClientKey
 from .errors import CosiError, InvalidRequestError, OverrunError, UnavailableError
 from .resource import PHASE_RUNNING, Resource, check_name, unpack, validate
 from .selectors import parse_query
-from .settings import default_runtime_dir
+from .settings import default_runtime_dir, parse_listen, remote_endpoints
 from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
 from .state.watchfor import watch_for
@@ -57,7 +57,7 @@ class Client:
             if key is None:
                 raise InvalidRequestError("a remote client needs a key file (key=...)")
             self._curve = ClientKey.load(key)
-            self._api, self._events = remote_endpoints(remote)
+            self._api, self._events = _remote(remote)
         elif admin:
             try:
                 self._token = (self.runtime_dir / "admin.token").read_text().strip()
@@ -367,9 +367,11 @@ class RemoteWatch(EventStream):
         self._req.close()
 
 
-def remote_endpoints(remote: str) -> tuple[str, str]:
+def _remote(remote: str) -> tuple[str, str]:
     """``tcp://HOST:PORT``: requests there, events on the next port."""
-    host, sep, port = remote.removeprefix("tcp://").rpartition(":")
-    if not remote.startswith("tcp://") or not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+    if not remote.startswith("tcp://"):
         raise InvalidRequestError(f"remote must be tcp://HOST:PORT, not {remote!r}")
-    return f"tcp://{host}:{port}", f"tcp://{host}:{int(port) + 1}"
+    host, port = parse_listen(remote.removeprefix("tcp://"), "remote")
+    if not 0 < port < 65535:
+        raise InvalidRequestError(f"remote must be tcp://HOST:PORT with a port, not {remote!r}")
+    return remote_endpoints(host, port)

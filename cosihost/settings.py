@@ -255,11 +255,11 @@ class RemoteAccess:
 
     @property
     def requests(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return remote_endpoints(self.host, self.port)[0]
 
     @property
     def events(self) -> str:
-        return f"tcp://{self.host}:{self.port + 1}"
+        return remote_endpoints(self.host, self.port)[1]
 
     @classmethod
     def from_table(cls, table: Any) -> "RemoteAccess":
@@ -282,6 +282,11 @@ class RemoteAccess:
                 raise InvalidRequestError(f"{where}: needs key = \"...\" and role = read, write or admin")
             clients[check_key(entry.get("key"), f"{where} key")] = (name, entry["role"])
         return cls(host, port, clients)
+
+
+def remote_endpoints(host: str, port: int) -> tuple[str, str]:
+    """Remote access's two addresses: requests on PORT, events on PORT + 1."""
+    return f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}"
 
 
 def parse_listen(value: Any, where: str) -> tuple[str, int]:

@@ -8,6 +8,6 @@
 """
 
 from .harness import ControllerHarness, load_controller
-from .process import SupervisorProcess, wait_for
+from .process import SupervisorProcess, process_gone, wait_for
 
-__all__ = ["SupervisorProcess", "wait_for", "ControllerHarness", "load_controller"]
+__all__ = ["SupervisorProcess", "process_gone", "wait_for", "ControllerHarness", "load_controller"]

@@ -47,6 +47,14 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: flo
         time.sleep(interval)
 
 
+
+def process_gone(pid: int) -> bool:
+    """Has the process ended (gone, or a zombie its parent has not reaped yet)?"""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
 class SupervisorProcess:
     """One supervisor with its own runtime, state and controllers folders."""
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 
-import psutil
-
-from cosihost.testing import wait_for
+from cosihost.testing import process_gone, wait_for
 
 from cli_helpers import SHOP, Cli  # type: ignore[import-not-found]
 
@@ -46,24 +44,17 @@ class Clash(Controller):
 '''
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_reload_says_which_controllers_it_stopped(supervisor_factory):
     sup = supervisor_factory(controllers={"shop": SHOP, "extra": PAIR})
     cli = Cli(sup.runtime_dir)
     spare = sup.controller_pid("test.Spare")
     sup.write_controller("extra", EXTRA)            # the module no longer defines test.Spare
     assert cli.ok("reload") == "restarted: test.Extra\nstopped: test.Spare\n"
-    wait_for(lambda: _gone(spare), message="test.Spare's process to end")
+    wait_for(lambda: process_gone(spare), message="test.Spare's process to end")
     extra = sup.controller_pid("test.Extra")
     (sup.controllers_dir / "extra.py").unlink()     # the module is gone
     assert cli.ok("reload") == "stopped: test.Extra\n"
-    wait_for(lambda: _gone(extra), message="test.Extra's process to end")
+    wait_for(lambda: process_gone(extra), message="test.Extra's process to end")
     wait_for(lambda: "test.Extra" not in sup.statuses(), message="test.Extra's status to go")
     assert cli.ok("reload") == "reloaded: nothing changed\n"
 
@@ -137,4 +128,4 @@ def test_a_reload_during_a_scan_gets_a_scan_of_its_own(supervisor_factory):
     assert cli.ok("reload") == "stopped: test.Extra\n"
     assert first.next() == "started: test.Slow"
     assert first.proc.wait(timeout=30) == 0
-    wait_for(lambda: _gone(extra), message="test.Extra's process to end")
+    wait_for(lambda: process_gone(extra), message="test.Extra's process to end")

@@ -9,18 +9,14 @@ outputs, and its first cleanup looks there too.
 
 from __future__ import annotations
 
-import psutil
-
 from cosihost import Controller, Input, InMemoryState, Output, Resource
-from cosihost.testing import ControllerHarness, wait_for
+from cosihost.testing import ControllerHarness, process_gone, wait_for
 
 from test_supervision import FAST
 
 SOURCES = "Sources.test.cosihost.dev"
 COPIES = "Copies.test.cosihost.dev"
 MIRROR = f'''
-import psutil
-
 from cosihost import Controller, Input, Output
 
 class Mirror(Controller):
@@ -34,13 +30,6 @@ class Mirror(Controller):
             rt.modify(src.spec["to"], "{COPIES}", src.metadata.id, lambda s: s.update(src.spec))
         rt.cleanup_outputs()
 '''
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _ids(client, namespace: str) -> set[str]:
@@ -57,7 +46,7 @@ def test_outputs_whose_inputs_went_while_the_controller_was_away_are_destroyed(s
         source = (sup.controllers_dir / "mirror.py").read_text()
         (sup.controllers_dir / "mirror.py").unlink()
         c.call("reload")
-        wait_for(lambda: _gone(pid), message="the removed controller's process to end")
+        wait_for(lambda: process_gone(pid), message="the removed controller's process to end")
         c.destroy("default", SOURCES, "a")
         c.destroy("default", SOURCES, "b")
         assert _ids(c, "left") == {"a"} and _ids(c, "right") == {"b"}   # nobody to clean up yet

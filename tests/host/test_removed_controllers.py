@@ -9,9 +9,7 @@ import os
 import subprocess
 import sys
 
-import psutil
-
-from cosihost.testing import wait_for
+from cosihost.testing import process_gone, wait_for
 
 from test_supervision import FAST
 
@@ -41,15 +39,8 @@ def _remove(sup, module: str, name: str) -> None:
     (sup.controllers_dir / module).unlink()
     with sup.client() as c:
         c.call("reload")
-    wait_for(lambda: _gone(pid), message="the removed controller's process to end")
+    wait_for(lambda: process_gone(pid), message="the removed controller's process to end")
     wait_for(lambda: name not in sup.statuses(), message="its status to go")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _ids(sup) -> list[str]:
