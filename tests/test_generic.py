@@ -1,7 +1,8 @@
 """The ready-made controllers (cosihost.generic) in the harness: outputs
 follow inputs, orphans go, input finalizers go only after the output, a
 tearing-down input tears its output down first, a restart mid-queue leaves
-nothing orphaned, and cleanup holds a kind until its dependants are gone."""
+nothing orphaned, cleanup holds a kind until its dependants are gone, and
+destroy finishes its own torn-down resources once nothing holds them."""
 
 from __future__ import annotations
 
