@@ -13,6 +13,15 @@ Writes are not made here (see :mod:`.state`), but their acknowledged
 revisions are handed in (:meth:`Mirror._settle`), so a writer reads its
 own write as soon as etcd acknowledged it, without waiting for the watch.
 
+The mirror also knows whether it is *known current* (:meth:`known_current`):
+its watch is connected and it has applied every revision etcd has named to
+this process so far, in any answer (a write's acknowledgement, a lost
+compare-and-swap, a read, a watch response, noted before its events are
+applied). A decision made on a current mirror is consistent with everything
+this host has read, written or told anyone: the same guarantee as a read
+served from the mirror. A write by another host that no answer has named
+yet may be missing; any decision that writes is checked by etcd anyway.
+
 Bookmarks are etcd revisions, so they outlive this process: a watch
 resumed from one older than this mirror's history gets what changed since,
 computed from etcd's own history at that revision.
@@ -21,6 +30,8 @@ computed from etcd's own history at that revision.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -43,6 +54,13 @@ PAGE = 1000
 #: Records kept to answer writers waiting for the watch to deliver theirs.
 RECENT = 4096
 Names = tuple[str, str, str]
+#: Called with the record of a settled write (None: several keys, or the watch was late).
+Then = Callable[[Record | None], None]
+
+
+def _no_record(then: Then) -> Then:
+    """A write of several keys at one revision has no one record."""
+    return lambda _record: then(None)
 
 
 def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Names | None, bool]]:
@@ -78,7 +96,14 @@ class Mirror(InMemoryState):
         self._start = 0
         self._applying = threading.Condition()
         #: Acknowledged writes of this process waiting for the revisions before them.
-        self._pending: dict[int, tuple[Names, bytes | None]] = {}
+        self._pending: dict[int, list[tuple[Names, bytes | None]]] = {}
+        #: Settled writes waiting for the mirror to reach their revision: (rev, order, deadline, then).
+        self._waiters: list[tuple[int, int, float, Then]] = []
+        self._order = itertools.count()
+        #: The highest revision etcd named to this process (see known_current).
+        self._seen = 0
+        self._seen_lock = threading.Lock()
+        self._watch_live = False
         self._recent: dict[int, Record] = {}
         self._local = threading.local()
         self._stop = threading.Event()
@@ -183,47 +208,73 @@ class Mirror(InMemoryState):
             self._drain_pending()
             self._applying.notify_all()
 
-    def _settle(self, names: Names, blob: bytes | None, rev: int) -> Record | None:
-        """Wait until the mirror holds this write, acknowledged at ``rev``.
+    def _note(self, rev: int) -> None:
+        """etcd answered at revision ``rev``: the mirror is current only once
+        it has applied that far."""
+        with self._seen_lock:
+            if rev > self._seen:
+                self._seen = rev
 
-        It is applied at once when every revision before it is applied, by
-        the watch or by other writers of this process, so concurrent local
-        writers do not wait for their own events to come back."""
-        deadline = time.monotonic() + self.config.timeout
+    def known_current(self) -> bool:
+        """Has the mirror applied every revision etcd has named to this
+        process, with its watch connected? (The module docstring says what
+        a decision on it is worth.)"""
+        return self.ready and self._watch_live and self._applied >= self._seen
+
+    def _settle(self, written: dict[Names, bytes | None], rev: int, then: Then) -> None:
+        """Hand in a write acknowledged at ``rev``: ``then(record)`` once the
+        mirror holds it, at once when every revision before it is applied
+        (by the watch or by other writes of this process), so concurrent
+        local writers do not wait for their own events to come back."""
+        self._note(rev)
         with self._applying:
-            if rev > self._applied:
-                self._pending[rev] = (names, blob)
+            if rev > self._applied and written:
+                self._pending[rev] = list(written.items())
                 self._drain_pending()
-            while self._applied < rev:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
-                    log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, rev)
-                    return None
-                self._applying.wait(remaining)
-            return self._recent.get(rev)
+            self._when_applied(rev, then, single=len(written) == 1)
 
-    def _settle_gone(self, names: Names) -> None:
-        """Wait until the mirror no longer holds a key (a delete whose revision
-        is not known: retried after an attempt that may have applied it)."""
+    def _when_applied(self, rev: int, then: Then, *, single: bool = False) -> None:
+        """``then`` once the mirror reached ``rev`` (under ``_applying``);
+        ``then`` must be quick: it may run under that lock."""
+        if self._applied >= rev:
+            then(self._recent.get(rev) if single else None)
+            return
         deadline = time.monotonic() + self.config.timeout
+        heapq.heappush(self._waiters, (rev, next(self._order), deadline, then if single else _no_record(then)))
+
+    def _wake_waiters(self) -> None:
+        """Settled writes the mirror has now reached (under ``_applying``)."""
+        while self._waiters and self._waiters[0][0] <= self._applied:
+            rev, _order, _deadline, then = heapq.heappop(self._waiters)
+            then(self._recent.get(rev))
+
+    def _expire_waiters(self) -> None:
+        """Give up waiting for the watch on writes older than the timeout:
+        answered without their record (reads may not show them yet)."""
+        now = time.monotonic()
         with self._applying:
-            while names in self._revs and not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._applying.wait(remaining)
+            late = [w for w in self._waiters if w[2] <= now or self._stop.is_set()]
+            if not late:
+                return
+            self._waiters = [w for w in self._waiters if w not in late]
+            heapq.heapify(self._waiters)
+            log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, max(w[0] for w in late))
+            for _rev, _order, _deadline, then in late:
+                then(None)
 
     def _drain_pending(self) -> None:
         """Apply acknowledged writes that follow on without a gap (under
         ``_applying``); forget those the watch applied already."""
         pending = self._pending
-        if not pending:
-            return
-        while (nxt := pending.pop(self._applied + 1, None)) is not None:
-            self._apply(*nxt[0], nxt[1], self._applied + 1)
-            self._applied += 1
-        for rev in [r for r in pending if r <= self._applied]:
-            del pending[rev]
+        if pending:
+            while (nxt := pending.pop(self._applied + 1, None)) is not None:
+                rev = self._applied + 1
+                for i, (names, blob) in enumerate(nxt):  # in key order: a kind's keys are together
+                    self._apply(*names, blob, rev, partial=i + 1 < len(nxt) and nxt[i + 1][0][:2] == names[:2])
+                self._applied = rev
+            for rev in [r for r in pending if r <= self._applied]:
+                del pending[rev]
+        self._wake_waiters()
         self._applying.notify_all()
 
     # -- reading etcd --------------------------------------------------------------
@@ -234,6 +285,7 @@ class Mirror(InMemoryState):
         while True:
             req = self._m.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
             resp, _ = self._conn.call("KV", "Range", req)
+            self._note(resp.header.revision)
             header = header or resp.header
             revision = revision or header.revision
             kvs.extend(resp.kvs)
@@ -325,9 +377,12 @@ class Mirror(InMemoryState):
                     raise CompactedError(resp.compact_revision)
                 if resp.canceled:
                     raise UnavailableError(f"watch cancelled: {resp.cancel_reason or 'no reason given'}")
+                self._note(resp.header.revision)  # before its events: not current until they are in
+                self._watch_live = True
                 if resp.events:
                     self._apply_events(resp.events)
         finally:
+            self._watch_live = False
             self._cancel_watch()  # ends the stream and its request thread
 
     # -- bookmarks are revisions -------------------------------------------------
