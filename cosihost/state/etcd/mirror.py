@@ -223,30 +223,40 @@ class Mirror(InMemoryState):
 
     def _settle(self, written: dict[Names, bytes | None], rev: int, then: Then) -> None:
         """Hand in a write acknowledged at ``rev``: ``then(record)`` once the
-        mirror holds it, at once when every revision before it is applied
-        (by the watch or by other writes of this process), so concurrent
-        local writers do not wait for their own events to come back."""
+        mirror holds it, here and now when every revision before it is
+        applied (by the watch or by other writes of this process), so
+        concurrent local writers do not wait for their own events to come
+        back; else from :meth:`_defer` when the watch gets there."""
         self._note(rev)
         with self._applying:
             if rev > self._applied and written:
                 self._pending[rev] = list(written.items())
                 self._drain_pending()
-            self._when_applied(rev, then, single=len(written) == 1)
+            if self._wait_for(rev, then, single=len(written) == 1):
+                return
+            record = self._recent.get(rev) if len(written) == 1 else None
+        then(record)
 
-    def _when_applied(self, rev: int, then: Then, *, single: bool = False) -> None:
-        """``then`` once the mirror reached ``rev`` (under ``_applying``);
-        ``then`` must be quick: it may run under that lock."""
+    def _wait_for(self, rev: int, then: Then, *, single: bool) -> bool:
+        """Under ``_applying``: if the mirror is not at ``rev`` yet, call
+        ``then`` once it is (True); else leave it to the caller (False)."""
         if self._applied >= rev:
-            then(self._recent.get(rev) if single else None)
-            return
+            return False
         deadline = time.monotonic() + self.config.timeout
         heapq.heappush(self._waiters, (rev, next(self._order), deadline, then if single else _no_record(then)))
+        return True
+
+    def _defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` later, away from the lock held now (the writes' thread
+        does it: see :class:`~.pipeline.Pipeline`)."""
+        work()
 
     def _wake_waiters(self) -> None:
         """Settled writes the mirror has now reached (under ``_applying``)."""
         while self._waiters and self._waiters[0][0] <= self._applied:
             rev, _order, _deadline, then = heapq.heappop(self._waiters)
-            then(self._recent.get(rev))
+            record = self._recent.get(rev)
+            self._defer(lambda then=then, record=record: then(record))  # type: ignore[misc]
 
     def _expire_waiters(self) -> None:
         """Give up waiting for the watch on writes older than the timeout:
@@ -260,7 +270,7 @@ class Mirror(InMemoryState):
             heapq.heapify(self._waiters)
             log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, max(w[0] for w in late))
             for _rev, _order, _deadline, then in late:
-                then(None)
+                self._defer(lambda then=then: then(None))  # type: ignore[misc]
 
     def _drain_pending(self) -> None:
         """Apply acknowledged writes that follow on without a gap (under

@@ -5,10 +5,15 @@ Why: a write to etcd waits a network round trip and etcd's fsync. A thread
 per waiting write (the supervisor's pool did that) caps the writes in
 flight at the pool's size and costs two thread switches per write. Here a
 write is a small state machine: decided on the mirror where the caller
-stands, sent as a ``Txn`` future, and advanced by the completion thread
-when etcd answers: settled into the mirror, decided again from the values
-a lost race returned, or finished. Answers are handed back in the order
-etcd gives them.
+stands, sent as a ``Txn`` future, and carried on as etcd answers: settled
+into the mirror, decided again from the values a lost race returned, or
+finished. Answers are handed back in the order etcd gives them.
+
+Threads: each step runs where its cause arrives: the first decision in
+the caller's thread, the next ones on gRPC's thread as etcd answers; none
+blocks. The pipeline's own thread only finishes writes the watch had to
+bring into the mirror (handed over from under the mirror's lock) and
+gives up on those it brought too late.
 
 Order: the writes touching one key run one at a time, in the order they
 were submitted; writes to different keys overlap freely. Each write joins
@@ -42,7 +47,7 @@ log = logging.getLogger("cosihost.etcd")
 
 #: Compare-and-swap rounds one write may lose to other writers.
 ATTEMPTS = 16
-#: How often the completion thread looks for writes the watch is late with (s).
+#: How often the pipeline's thread looks for writes the watch is late with (s).
 TICK = 0.25
 Reads = dict[Key, tuple["bytes | None", int]]
 
@@ -88,8 +93,8 @@ class Pipeline:
     # -- lanes ---------------------------------------------------------------------
     def submit(self, ops: Sequence[Op], done: Callable[[Outcome], None]) -> None:
         """Start the write (now, or after the earlier writes to its keys);
-        ``done(outcome)`` runs on the completion thread, or here when the
-        write ends at once. It must not block."""
+        ``done(outcome)`` runs on the thread that finished it (gRPC's or the
+        pipeline's), or here when the write ends at once. It must not block."""
         task = _Task(ops, done, sorted({op.key for op in ops}))
         with self._lock:
             if self._closed:
@@ -223,17 +228,21 @@ class Pipeline:
         """Finish once the mirror holds the write (``known``: handed in as
         applied at ``rev``; else waited for from the watch)."""
         def then(record: Record | None) -> None:
-            self._queue.put(lambda: self._finish(task, Outcome(task.results, task.blobs, record)))
+            self._finish(task, Outcome(task.results, task.blobs, record))
 
         if known:
             self._st._settle(task.blobs, rev, then)
-        else:
-            with self._st._applying:
-                self._st._when_applied(rev, then, single=len(task.blobs) == 1)
+            return
+        with self._st._applying:
+            later = self._st._wait_for(rev, then, single=len(task.blobs) == 1)
+        if not later:
+            then(None)
 
-    # -- the completion thread -------------------------------------------------------
+    # -- threads -----------------------------------------------------------------------
     def _later(self, step: Callable[[_Task, Any, bool], None], task: _Task) -> Any:
-        """A connection callback that runs ``step`` on the completion thread."""
+        """A connection callback that runs ``step`` where etcd's answer
+        arrives (gRPC's thread): nothing on the way blocks, and a thread
+        switch less per write is measurable."""
         def run(resp: Any, maybe_applied: bool, error: BaseException | None) -> None:
             if error is not None:
                 self._fail(task, error)
@@ -243,7 +252,12 @@ class Pipeline:
             except Exception as exc:
                 self._fail(task, exc)
 
-        return lambda *answer: self._queue.put(lambda: run(*answer))
+        return run
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the writes' own thread (what the watch hands over
+        while holding the mirror's lock)."""
+        self._queue.put(work)
 
     def _run(self) -> None:
         while True:

@@ -44,6 +44,9 @@ class EtcdState(Mirror):
         super().__init__(*args, **kwargs)
         self._pipeline = Pipeline(self)
 
+    def _defer(self, work: Callable[[], None]) -> None:
+        self._pipeline.defer(work)
+
     def close(self) -> None:
         super().close()
         self._pipeline.close()
