@@ -103,6 +103,14 @@ def test_writes_to_one_key_keep_their_order_while_many_are_in_flight(etcd_fleet)
         res = st.get("ns", "T", "one")
         assert res.metadata.finalizers == [f"f{k:02d}" for k in range(60)] and res.metadata.version == 61
         assert st._conn.counts["Txn"] - txns == total, "one compare-and-swap each, none lost to another"
+        # A long lane of no-ops behind a write in flight: started one after the other, not recursed into.
+        noops: list[Outcome] = []
+        st.submit([Op("remove_finalizer", "ns", "T", "one", finalizers=("f00",))], noops.append)
+        for _ in range(2_000):
+            st.submit([Op("remove_finalizer", "ns", "T", "one", finalizers=("f00",))], noops.append)
+        wait_for(lambda: len(noops) == 2_001, timeout=30, message="the no-ops to finish")
+        assert [out.error for out in noops if out.error is not None] == []
+        assert st.get("ns", "T", "one").metadata.finalizers == [f"f{k:02d}" for k in range(1, 60)]
     finally:
         st.close()
 

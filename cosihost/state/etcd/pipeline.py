@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 from ...errors import ConflictError, CosiError, NotFoundError, UnavailableError
@@ -77,6 +78,10 @@ class _Task:
     finished: bool = False
 
 
+def _idle() -> None:
+    pass
+
+
 class Pipeline:
     """The writes of one :class:`~.state.EtcdState` in flight. ``state``
     gives the mirror, the connection and the transaction's shape."""
@@ -86,6 +91,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._lanes: dict[Key, collections.deque[_Task]] = {}
         self._closed = False
+        self._ready = threading.local()
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cosihost-etcd-writes", daemon=True)
         self._thread.start()
@@ -105,7 +111,7 @@ class Pipeline:
                 lane.append(task)
                 ready = ready and lane[0] is task
         if ready:
-            self._start(task)
+            self._go([task])
 
     def _leave(self, task: _Task) -> list[_Task]:
         """Take a finished write out of its lanes: the writes now free to start."""
@@ -128,8 +134,22 @@ class Pipeline:
             task.done(outcome)
         except Exception:  # the caller's bug must not stop the writes behind it
             log.exception("etcd write callback failed")
-        for nxt in self._leave(task):
-            self._start(nxt)
+        self._go(self._leave(task))
+
+    def _go(self, tasks: list[_Task]) -> None:
+        """Start writes now free to go, one after the other: a write that
+        ends at once frees the next, which is queued here, not recursed
+        into (a lane of a thousand no-ops must not overflow the stack)."""
+        waiting = getattr(self._ready, "tasks", None)
+        if waiting is not None:  # a _go further up this thread's stack starts them
+            waiting.extend(tasks)
+            return
+        self._ready.tasks = waiting = collections.deque(tasks)
+        try:
+            while waiting:
+                self._start(waiting.popleft())
+        finally:
+            self._ready.tasks = None
 
     def _fail(self, task: _Task, error: BaseException) -> None:
         self._finish(task, Outcome(error=error))
@@ -260,16 +280,19 @@ class Pipeline:
         self._queue.put(work)
 
     def _run(self) -> None:
+        checked = time.monotonic()
         while True:
             try:
                 work = self._queue.get(timeout=TICK)
             except queue.Empty:
-                self._st._expire_waiters()
-                continue
+                work = _idle
             if work is None:
                 return
             try:
                 work()
+                if time.monotonic() - checked >= TICK:
+                    checked = time.monotonic()
+                    self._st._expire_waiters()
             except Exception:  # never stop carrying the writes on
                 log.exception("etcd write step failed")
 
