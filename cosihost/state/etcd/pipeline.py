@@ -76,6 +76,8 @@ class _Task:
     results: list[Any] = dataclasses.field(default_factory=list)
     blobs: dict[Key, bytes | None] = dataclasses.field(default_factory=dict)
     finished: bool = False
+    #: The thread that waits for this write and may make its calls itself.
+    waiter: int | None = None
 
 
 def _idle() -> None:
@@ -97,11 +99,14 @@ class Pipeline:
         self._thread.start()
 
     # -- lanes ---------------------------------------------------------------------
-    def submit(self, ops: Sequence[Op], done: Callable[[Outcome], None]) -> None:
+    def submit(self, ops: Sequence[Op], done: Callable[[Outcome], None], *, waiting: bool = False) -> None:
         """Start the write (now, or after the earlier writes to its keys);
         ``done(outcome)`` runs on the thread that finished it (gRPC's or the
-        pipeline's), or here when the write ends at once. It must not block."""
-        task = _Task(ops, done, sorted({op.key for op in ops}))
+        pipeline's), or here when the write ends at once. It must not block.
+        ``waiting``: this thread waits for the write anyway, so while the
+        write's steps run here its calls are made here, blocking (a thread
+        switch less per call), as long as it is first in its lanes."""
+        task = _Task(ops, done, sorted({op.key for op in ops}), waiter=threading.get_ident() if waiting else None)
         with self._lock:
             if self._closed:
                 raise UnavailableError("etcd: connection closed")
@@ -188,7 +193,7 @@ class Pipeline:
         task.results = results
         task.blobs = {key: None if res is None else pack(res) for key, res in changes.items()}
         request = self._st._txn_request(task.reads, task.blobs)
-        self._st._conn.submit("KV", "Txn", request, self._later(self._swapped, task))
+        self._send(task, "Txn", request, self._swapped)
 
     def _play(self, task: _Task) -> tuple[list[Any], dict[Key, Any]]:
         now = self._st._clock()
@@ -206,10 +211,10 @@ class Pipeline:
         m = self._st._m
         ranges = [m.RangeRequest(key=self._st._key(key)) for key in task.keys]
         if len(ranges) == 1:
-            self._st._conn.submit("KV", "Range", ranges[0], self._later(self._read_one, task))
+            self._send(task, "Range", ranges[0], self._read_one)
         else:
             request = m.TxnRequest(success=[m.RequestOp(request_range=r) for r in ranges])
-            self._st._conn.submit("KV", "Txn", request, self._later(self._read_many, task))
+            self._send(task, "Txn", request, self._read_many)
 
     def _read_one(self, task: _Task, resp: Any, _maybe: bool) -> None:
         self._st._note(resp.header.revision)
@@ -259,6 +264,19 @@ class Pipeline:
             then(None)
 
     # -- threads -----------------------------------------------------------------------
+    def _send(self, task: _Task, method: str, request: Any, step: Callable[[_Task, Any, bool], None]) -> None:
+        """Call etcd; ``step`` carries the write on with the answer."""
+        then = self._later(step, task)
+        if task.waiter != threading.get_ident():
+            self._st._conn.submit("KV", method, request, then)
+            return
+        try:
+            resp, maybe_applied = self._st._conn.call("KV", method, request)
+        except Exception as exc:
+            then(None, False, exc)
+            return
+        then(resp, maybe_applied, None)
+
     def _later(self, step: Callable[[_Task, Any, bool], None], task: _Task) -> Any:
         """A connection callback that runs ``step`` where etcd's answer
         arrives (gRPC's thread): nothing on the way blocks, and a thread

@@ -62,14 +62,15 @@ class EtcdState(Mirror):
             raise InvalidRequestError(f"namespace {namespace!r} is not kept in this etcd")
 
     # -- writes, in flight or waited for ----------------------------------------------
-    def submit(self, ops: Sequence[Op], done: Callable[[Outcome], None]) -> None:
+    def submit(self, ops: Sequence[Op], done: Callable[[Outcome], None], *, waiting: bool = False) -> None:
         """Apply ``ops`` (one verb, or a transaction) without waiting:
         ``done(outcome)`` runs when etcd has decided and the mirror holds
         the result, on the write thread (or at once, for a no-op decided on
-        a current mirror). ``done`` must be quick and must not write."""
+        a current mirror). ``done`` must be quick and must not write.
+        ``waiting``: see :meth:`.pipeline.Pipeline.submit`."""
         for op in ops:
             self._check_namespace(op.namespace)
-        self._pipeline.submit(ops, done)
+        self._pipeline.submit(ops, done, waiting=waiting)
 
     def _wait(self, ops: Sequence[Op]) -> Outcome:
         """Submit and wait: the outcome, or its error raised."""
@@ -81,7 +82,7 @@ class EtcdState(Mirror):
             box.append(outcome)
             finished.set()
 
-        self.submit(ops, done)
+        self.submit(ops, done, waiting=True)
         finished.wait()
         out = box[0]
         if out.error is not None:
