@@ -10,7 +10,7 @@ revision away, the mirror re-reads everything and turns the differences
 into events.
 
 Writes are not made here (see :mod:`.state`), but their acknowledged
-revisions are handed in (:meth:`Mirror._settle`), so a writer reads its
+revisions are handed in (:mod:`.settle`), so a writer reads its
 own write as soon as etcd acknowledged it, without waiting for the watch.
 
 The mirror also knows whether it is *known current* (:meth:`known_current`):
@@ -30,7 +30,6 @@ computed from etcd's own history at that revision.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import logging
 import threading
@@ -47,20 +46,13 @@ from . import keys
 from .config import EtcdConfig
 from .connection import CompactedError, Connection
 from .schema import PUT
+from .settle import Names, Settling
 
 log = logging.getLogger("cosihost.etcd")
 
 PAGE = 1000
 #: Records kept to answer writers waiting for the watch to deliver theirs.
 RECENT = 4096
-Names = tuple[str, str, str]
-#: Called with the record of a settled write (None: several keys, or the watch was late).
-Then = Callable[[Record | None], None]
-
-
-def _no_record(then: Then) -> Then:
-    """A write of several keys at one revision has no one record."""
-    return lambda _record: then(None)
 
 
 def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Names | None, bool]]:
@@ -75,7 +67,7 @@ def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Nam
     return out
 
 
-class Mirror(InMemoryState):
+class Mirror(Settling, InMemoryState):
     """An in-memory state that follows an etcd prefix. Close it when done."""
 
     def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
@@ -95,16 +87,13 @@ class Mirror(InMemoryState):
         #: The revision the history of every kind is complete from.
         self._start = 0
         self._applying = threading.Condition()
-        #: Acknowledged writes of this process waiting for the revisions before them.
-        self._pending: dict[int, list[tuple[Names, bytes | None]]] = {}
-        #: Settled writes waiting for the mirror to reach their revision: (rev, order, deadline, then).
-        self._waiters: list[tuple[int, int, float, Then]] = []
+        self._pending = {}
+        self._waiters = []
         self._order = itertools.count()
-        #: The highest revision etcd named to this process (see known_current).
         self._seen = 0
         self._seen_lock = threading.Lock()
         self._watch_live = False
-        self._recent: dict[int, Record] = {}
+        self._recent = {}
         self._local = threading.local()
         self._stop = threading.Event()
         self._cancel_watch: Callable[[], None] = lambda: None
@@ -208,84 +197,11 @@ class Mirror(InMemoryState):
             self._drain_pending()
             self._applying.notify_all()
 
-    def _note(self, rev: int) -> None:
-        """etcd answered at revision ``rev``: the mirror is current only once
-        it has applied that far."""
-        with self._seen_lock:
-            if rev > self._seen:
-                self._seen = rev
-
     def known_current(self) -> bool:
         """Has the mirror applied every revision etcd has named to this
         process, with its watch connected? (The module docstring says what
         a decision on it is worth.)"""
         return self.ready and self._watch_live and self._applied >= self._seen
-
-    def _settle(self, written: dict[Names, bytes | None], rev: int, then: Then) -> None:
-        """Hand in a write acknowledged at ``rev``: ``then(record)`` once the
-        mirror holds it, here and now when every revision before it is
-        applied (by the watch or by other writes of this process), so
-        concurrent local writers do not wait for their own events to come
-        back; else from :meth:`_defer` when the watch gets there."""
-        self._note(rev)
-        with self._applying:
-            if rev > self._applied and written:
-                self._pending[rev] = list(written.items())
-                self._drain_pending()
-            if self._wait_for(rev, then, single=len(written) == 1):
-                return
-            record = self._recent.get(rev) if len(written) == 1 else None
-        then(record)
-
-    def _wait_for(self, rev: int, then: Then, *, single: bool) -> bool:
-        """Under ``_applying``: if the mirror is not at ``rev`` yet, call
-        ``then`` once it is (True); else leave it to the caller (False)."""
-        if self._applied >= rev:
-            return False
-        deadline = time.monotonic() + self.config.timeout
-        heapq.heappush(self._waiters, (rev, next(self._order), deadline, then if single else _no_record(then)))
-        return True
-
-    def _defer(self, work: Callable[[], None]) -> None:
-        """Run ``work`` later, away from the lock held now (the writes' thread
-        does it: see :class:`~.pipeline.Pipeline`)."""
-        work()
-
-    def _wake_waiters(self) -> None:
-        """Settled writes the mirror has now reached (under ``_applying``)."""
-        while self._waiters and self._waiters[0][0] <= self._applied:
-            rev, _order, _deadline, then = heapq.heappop(self._waiters)
-            record = self._recent.get(rev)
-            self._defer(lambda then=then, record=record: then(record))  # type: ignore[misc]
-
-    def _expire_waiters(self) -> None:
-        """Give up waiting for the watch on writes older than the timeout:
-        answered without their record (reads may not show them yet)."""
-        now = time.monotonic()
-        with self._applying:
-            late = [w for w in self._waiters if w[2] <= now or self._stop.is_set()]
-            if not late:
-                return
-            self._waiters = [w for w in self._waiters if w not in late]
-            heapq.heapify(self._waiters)
-            log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, max(w[0] for w in late))
-            for _rev, _order, _deadline, then in late:
-                self._defer(lambda then=then: then(None))  # type: ignore[misc]
-
-    def _drain_pending(self) -> None:
-        """Apply acknowledged writes that follow on without a gap (under
-        ``_applying``); forget those the watch applied already."""
-        pending = self._pending
-        if pending:
-            while (nxt := pending.pop(self._applied + 1, None)) is not None:
-                rev = self._applied + 1
-                for i, (names, blob) in enumerate(nxt):  # in key order: a kind's keys are together
-                    self._apply(*names, blob, rev, partial=i + 1 < len(nxt) and nxt[i + 1][0][:2] == names[:2])
-                self._applied = rev
-            for rev in [r for r in pending if r <= self._applied]:
-                del pending[rev]
-        self._wake_waiters()
-        self._applying.notify_all()
 
     # -- reading etcd --------------------------------------------------------------
     def _range(self, start: bytes, end: bytes, revision: int = 0) -> tuple[Any, list[Any]]:
