@@ -28,6 +28,10 @@ Figures:
 - ``etcd_state_write_rate``: ``EtcdState.create`` in this process, no
   supervisor: the cost of CAS, msgpack and the mirror without the ZeroMQ
   hop; baseline: the raw put rate.
+- ``etcd_txn_write_rate``: writes per second from one controller in
+  transactions of 64 ``rt.modify`` each into an etcd namespace (one etcd
+  ``Txn`` of 64 puts per transaction); baseline: the raw put rate, as for
+  ``txn_write_rate`` against single raw round trips.
 
 Rates are the best of a few passes, each on fresh ids, after warm-up writes.
 """
@@ -56,7 +60,8 @@ from cosihost.state.events import BOOTSTRAPPED, CREATED
 from cosihost.testing import SupervisorProcess
 from cosihost.testing.etcdcluster import EtcdCluster
 
-from .harness import Processes, percentile
+from .harness import Processes, controller_module, percentile, writers
+from .host_rates import TXN, Pass as HostPass, best, host_pass
 from .payload import make_spec
 from .report import Figure, Skipped
 from .timing import rate
@@ -74,7 +79,7 @@ RAW_PREFIX = b"/raw/"
 SPEC_BYTES = 400
 #: The figures this benchmark takes.
 FIGURES = ("etcd_write_rate", "etcd_concurrent_write_rate", "etcd_event_latency_p50",
-           "memory_write_rate_beside_etcd", "etcd_state_write_rate")
+           "memory_write_rate_beside_etcd", "etcd_state_write_rate", "etcd_txn_write_rate")
 #: How long one write, or the event of one write, may take before the run fails.
 WAIT = 10.0
 
@@ -92,7 +97,8 @@ def run(quick: bool) -> list[Figure]:
                   raw_concurrent_rate(endpoints[0], n // WRITERS * 2))
         host = through_supervisor(endpoints, n, repeat, warmup)
         direct = etcd_state_rate(endpoints, n, repeat, warmup)
-    return figures(n, repeat, raw, host, direct)
+        txn = txn_through_supervisor(endpoints, n * 4 // TXN * TXN, repeat)
+    return figures(n, repeat, raw, host, direct) + [txn_figure(n * 4 // TXN * TXN, repeat, raw, txn)]
 
 
 @dataclasses.dataclass
@@ -399,6 +405,16 @@ def through_supervisor(endpoints: list[str], n: int, repeat: int, warmup: int) -
     return Host(etcd, memory, events, many)
 
 
+def txn_through_supervisor(endpoints: list[str], n: int, repeat: int) -> HostPass:
+    """One writer controller, ``n`` rt.modify in transactions of TXN into the etcd namespace."""
+    with Processes() as procs:
+        entry = writers(1, run="etcdtxn", prefix="EtcdWriter", ns=FLEET)
+        sup = procs.supervisor(config=namespace_config(endpoints), bench=controller_module(writer=entry))
+        with sup.client() as client:
+            return best([host_pass(sup, client, "etcdtxn", [entry[0]["name"]], n, n=n, warmup=TXN, batch=TXN)
+                         for _ in range(repeat)])
+
+
 def etcd_state_rate(endpoints: list[str], n: int, repeat: int, warmup: int) -> Rates:
     state = EtcdState(EtcdConfig(endpoints=tuple(endpoints), prefix=DIRECT_PREFIX))
     try:
@@ -408,6 +424,13 @@ def etcd_state_rate(endpoints: list[str], n: int, repeat: int, warmup: int) -> R
 
 
 # -- figures ----------------------------------------------------------------------
+def txn_figure(n: int, repeat: int, raw: Raw, txn: HostPass) -> Figure:
+    return Figure("etcd_txn_write_rate", txn.rate, "writes/s", raw.put_watched.rate, target=1.0, goal="ratio>=",
+                  note=f"{n:,} rt.modify from one controller into an etcd namespace in transactions of {TXN} "
+                       f"(one etcd Txn each), best of {repeat}; {txn}; baseline: sequential raw gRPC KV/Put "
+                       f"while watching their prefix, {raw.put_watched}")
+
+
 def figures(n: int, repeat: int, raw: Raw, host: Host, direct: Rates) -> list[Figure]:
     size = len(stored_blob())
     bare = f"raw gRPC KV/Put of {size} bytes to distinct keys, best of {repeat}"

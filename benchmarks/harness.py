@@ -89,11 +89,12 @@ def _named(cls, cls_name, name):
     return cls
 
 
-def writer(cls_name, name, link, run, index):
+def writer(cls_name, name, link, run, index, ns=NS):
     """On each new run: ``warmup`` writes, then ``n`` sequential rt.modify of
     one resource (paced every ``period_ns`` if given, from ``start_at_ns``
     if given), recording when each was issued and acknowledged; or, with
-    ``batch``, the ``n`` writes in transactions of ``batch`` resources each."""
+    ``batch``, the ``n`` writes in transactions of ``batch`` resources each.
+    The resources are in namespace ``ns`` (an etcd one, say)."""
     from benchmarks.payload import make_spec
     base = make_spec(index)
 
@@ -116,7 +117,7 @@ def writer(cls_name, name, link, run, index):
                     if not s:
                         s.update(base)
                     s.update(seq=seq, t=t, go=go, last=last)
-                rt.modify(NS, link, rid, fn)
+                rt.modify(ns, link, rid, fn)
 
             for i in range(spec.get("warmup", 0)):
                 write(-1 - i, 0)
@@ -273,12 +274,14 @@ def link_type(tag: str) -> str:
     return f"Links{tag}.bench.cosihost.dev"
 
 
-def writers(count: int, *, run: str, prefix: str = "Writer", link: Callable[[int], str] | None = None
-            ) -> list[dict[str, Any]]:
-    """``count`` writer entries, each with an output type of its own."""
+def writers(count: int, *, run: str, prefix: str = "Writer", link: Callable[[int], str] | None = None,
+            ns: str | None = None) -> list[dict[str, Any]]:
+    """``count`` writer entries, each with an output type of its own (in
+    namespace ``ns``, if not the benchmarks' own)."""
     link = link or (lambda k: link_type(f"{prefix}{k}"))
+    where = {} if ns is None else {"ns": ns}
     return [{"cls_name": f"{prefix}{k}", "name": f"bench.{prefix}{k}", "link": link(k), "run": run,
-             "index": k} for k in range(count)]
+             "index": k, **where} for k in range(count)]
 
 
 def watchers(count: int, *, link: str, prefix: str = "Watcher") -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ FIGURES = [
     "write_rate", "txn_write_rate", "event_latency_p99", "aggregate_write_rate", "fanout_rate", "bootstrap_100k_s",
     "supervisor_bytes_per_resource", "restart_s", "controller_uss_mb", "idle_cpu_pct", "qcontroller_items_per_s",
     "etcd_write_rate", "etcd_concurrent_write_rate", "etcd_event_latency_p50", "memory_write_rate_beside_etcd", "etcd_state_write_rate",
+    "etcd_txn_write_rate",
 ]
 #: Figures that need a tool the machine may lack: skipped (and said so) without it.
 NEEDS = {name: "etcd" for name in FIGURES if "etcd" in name}

@@ -34,6 +34,7 @@ from ..wire import Reply, Request
 from . import access, local_access
 from .access import ADMIN, USER, Caller
 from .registry import Registry
+from .remote import Answer
 from .remote_access import RemotePeer
 from .status import STATUS_NAMESPACE, STATUS_TYPE
 
@@ -71,6 +72,7 @@ class Host(Protocol):
     def restart(self, name: str, respond: Respond) -> None: ...
     def reload(self, respond: Respond) -> None: ...
     def offload(self, work: Callable[[], Any], respond: Respond) -> None: ...
+    def pipeline(self, start: Callable[[Answer], None], respond: Respond) -> None: ...
     def controllers(self) -> list[bytes]: ...
     def summary(self) -> str: ...
 
@@ -290,13 +292,19 @@ class Api:
         return [pack(r) for r in items]
 
     def _write(self, namespace: str, later: Callable[[], Respond],
-               do: Callable[[], tuple[Resource | None, dict[str, Any]]]) -> dict[str, Any]:
+               do: Callable[[], tuple[Resource | None, dict[str, Any]]],
+               op: Callable[[], Op] | None = None) -> dict[str, Any]:
         """Apply a write now, or (to a namespace kept elsewhere) off the loop,
-        answering later: the reply names the record the write produced."""
+        answering later: the reply names the record the write produced.
+        ``op``: the write as an operation, for a backend that takes it in
+        flight (etcd), with no thread waiting for it."""
         if not self.state.remote(namespace):
             self.last_record = None
             res, extra = do()
             return {**self._write_result(res), **extra}
+        if op is not None:
+            the_op = op()
+            self._in_flight([the_op], later, lambda out: self._verb_result(the_op, out))
 
         def work() -> dict[str, Any]:
             res, extra = do()
@@ -306,6 +314,27 @@ class Api:
 
         written: dict[str, Any] = self._off_loop(namespace, later, work)
         return written
+
+    def _in_flight(self, ops: list[Op], later: Callable[[], Respond], shape: Callable[[Any], Any]) -> None:
+        """Hand ``ops`` to their backend's asynchronous write, if it has one
+        (returns if not): the reply, ``shape(outcome)``, is sent when it is done."""
+        backends = {id(b): b for b in (self.state.backend(op.namespace) for op in ops)}
+        submit = getattr(next(iter(backends.values())), "submit", None) if len(backends) == 1 else None
+        if submit is None:
+            return
+        self.host.pipeline(lambda answer: submit(ops, lambda out: answer(out.error, lambda: shape(out))), later())
+        raise Deferred
+
+    def _verb_result(self, op: Op, out: Any) -> dict[str, Any]:
+        """The reply to one verb written in flight, as ``_write`` gives it."""
+        record, result = out.record, out.results[0]
+        seq = record.seq if record is not None else 0
+        if op.verb == "destroy":
+            return {"resource": None, "seq": seq}
+        if op.verb == "teardown":
+            blob = record.blob if record is not None else self._blob_or_none(op.key)
+            return {"resource": blob, "seq": seq, "ready": result}
+        return {"resource": record.blob if record is not None else pack(result), "seq": seq}
 
     def _off_loop(self, namespace: str, later: Callable[[], Respond], work: Callable[[], Any]) -> Any:
         """``work()`` now, or, where the namespace is kept elsewhere (it may
@@ -319,7 +348,8 @@ class Api:
         res = _resource(args)
         owner = access.effective_owner(caller, args.get("owner"))
         access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
-        return self._write(res.metadata.namespace, later, lambda: (self.state.create(res, owner=owner), {}))
+        return self._write(res.metadata.namespace, later, lambda: (self.state.create(res, owner=owner), {}),
+                           lambda: Op.write("create", res, owner=owner))
 
     def op_update(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         res = _resource(args)
@@ -327,7 +357,8 @@ class Api:
         access.check_write(caller, self.host.registry, res.metadata.namespace, res.metadata.type)
         phase = args.get("expected_phase", "running")
         return self._write(res.metadata.namespace, later, lambda: (
-            self.state.update(res, owner=owner, expected_phase=phase), {}))
+            self.state.update(res, owner=owner, expected_phase=phase), {}),
+            lambda: Op.write("update", res, owner=owner, expected_phase=phase))
 
     def op_destroy(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         ns, typ, rid = _names(args)
@@ -337,7 +368,7 @@ class Api:
             self.state.destroy(ns, typ, rid, owner=owner)
             return None, {}
 
-        return self._write(ns, later, do)
+        return self._write(ns, later, do, lambda: Op("destroy", ns, typ, rid, owner=owner))
 
     def op_teardown(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         ns, typ, rid = _names(args)
@@ -348,7 +379,7 @@ class Api:
             ready = self.state.teardown(ns, typ, rid, owner=owner)
             return self.state.get(ns, typ, rid), {"ready": ready}
 
-        return self._write(ns, later, do)
+        return self._write(ns, later, do, lambda: Op("teardown", ns, typ, rid, owner=owner))
 
     def _finalizers(self, caller: Caller, args: dict[str, Any], add: bool,
                     later: Callable[[], Respond]) -> dict[str, Any]:
@@ -360,7 +391,9 @@ class Api:
         access.check_finalizers(caller, self.host.registry, ns, typ,
                                 lambda: self.state.get(ns, typ, rid).metadata.owner)
         verb = self.state.add_finalizer if add else self.state.remove_finalizer
-        return self._write(ns, later, lambda: (verb(ns, typ, rid, *fins), {}))
+        return self._write(ns, later, lambda: (verb(ns, typ, rid, *fins), {}),
+                           lambda: Op("add_finalizer" if add else "remove_finalizer", ns, typ, rid,
+                                      finalizers=tuple(fins)))
 
     def op_add_finalizer(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
         return self._finalizers(caller, args, True, later)
@@ -377,15 +410,19 @@ class Api:
 
         want_results = args.get("results", True) is not False
 
-        def work() -> dict[str, Any]:
-            written: dict[tuple[str, str, str], bytes | None] = {}
-            results = self.state.apply(ops, written=written)
+        def reply(results: list[Any], written: dict[tuple[str, str, str], bytes | None]) -> dict[str, Any]:
             keys = sorted({op.key for op in ops})
             return {"results": [_txn_result(r) for r in results] if want_results else None,
                     "heads": [[ns, typ, self.state.head(ns, typ)] for ns, typ in kinds],
                     "keys": [[*key, written[key] if key in written else self._blob_or_none(key)]
                              for key in keys]}
 
+        def work() -> dict[str, Any]:
+            written: dict[tuple[str, str, str], bytes | None] = {}
+            return reply(self.state.apply(ops, written=written), written)
+
+        if self.state.remote(ops[0].namespace):
+            self._in_flight(ops, later, lambda out: reply(out.results, out.written))
         return self._off_loop(ops[0].namespace, later, work)
 
     def _authorized(self, caller: Caller, op: Op) -> Op:

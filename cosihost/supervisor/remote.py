@@ -3,10 +3,13 @@ the supervisor's loop.
 
 A write to etcd takes a network round trip, and many while a quorum is
 lost: done in the loop, it would hold up every other controller (and their
-heartbeats). So such writes run on a small pool of threads, and what they
-produce comes back to the loop through queues: the reply to send, and the
-events to publish (from the write itself, or from the etcd watch when
-another host wrote). The loop alone touches the sockets.
+heartbeats). So a backend that can keep writes in flight without a thread
+each (etcd's, see :mod:`cosihost.state.etcd.pipeline`) is handed them by
+:meth:`RemoteWrites.pipeline` and calls back when each is done; other work
+runs on a small pool of threads. What they produce comes back to the loop
+through queues: the reply to send, and the events to publish (from the
+write itself, or from the etcd watch when another host wrote), in the order
+they finish. The loop alone touches the sockets.
 """
 
 from __future__ import annotations
@@ -30,6 +33,23 @@ BACKLOG = 512
 
 Respond = Callable[[Reply], None]
 Publish = Callable[[str, str, Record], None]
+#: Ends a write in flight, on any thread: its error, or how to make its result.
+Answer = Callable[["BaseException | None", Callable[[], Any]], None]
+
+
+def _reply(work: Callable[[], Any]) -> Reply:
+    """The reply to send for ``work``'s result or error."""
+    try:
+        return Reply(True, "", result=work())
+    except CosiError as exc:
+        return Reply.error("", exc)
+    except Exception as exc:  # a bug here must not take the supervisor down
+        log.exception("remote write failed")
+        return Reply(False, "", code="internal", message=f"internal error: {exc!r}")
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 class RemoteWrites:
@@ -52,26 +72,38 @@ class RemoteWrites:
         if not getattr(self._local, "writing", False):
             self._wake()
 
-    def submit(self, work: Callable[[], Any], respond: Respond) -> None:
-        """Run ``work`` on the pool; its result (or error) is the reply."""
+    def _admit(self) -> None:
         if self.pending >= BACKLOG:
             raise UnavailableError(f"{self.pending} writes to remote namespaces are waiting already; "
                                    "try again later")
         self.pending += 1
 
+    def submit(self, work: Callable[[], Any], respond: Respond) -> None:
+        """Run ``work`` on the pool; its result (or error) is the reply."""
+        self._admit()
+
         def run() -> None:
             self._local.writing = True
-            try:
-                reply = Reply(True, "", result=work())
-            except CosiError as exc:
-                reply = Reply.error("", exc)
-            except Exception as exc:  # a bug here must not take the supervisor down
-                log.exception("remote write failed")
-                reply = Reply(False, "", code="internal", message=f"internal error: {exc!r}")
-            self._replies.put((respond, reply))
+            self._replies.put((respond, _reply(work)))
             self._wake()
 
         self._pool.submit(run)
+
+    def pipeline(self, start: Callable[[Answer], None], respond: Respond) -> None:
+        """``start(answer)`` sends a write that needs no thread of ours;
+        ``answer(error, result)`` (on any thread, at most once) ends it:
+        ``result()`` makes the reply's result there."""
+        self._admit()
+
+        def answer(error: BaseException | None, result: Callable[[], Any]) -> None:
+            self._replies.put((respond, _reply(result if error is None else lambda: _raise(error))))
+            self._wake()
+
+        try:
+            start(answer)
+        except BaseException:
+            self.pending -= 1
+            raise
 
     def drain(self, publish: Publish) -> None:
         """In the loop: publish events first (a write's event goes out before

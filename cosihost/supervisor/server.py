@@ -57,7 +57,7 @@ from .metrics import Figures
 from .registry import Registry
 from .identity import reachable_by_others
 from .remote_access import RemotePeer
-from .remote import RemoteWrites
+from .remote import Answer, RemoteWrites
 from .sdnotify import Notifier
 from .status import STATUS_NAMESPACE, StatusWriter, supervisor_declaration
 from .supervision import Supervision
@@ -260,6 +260,9 @@ class Supervisor:
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
+
+    def pipeline(self, start: Callable[[Answer], None], respond: Callable[[Reply], None]) -> None:
+        self.remote.pipeline(start, respond)
 
     def publish_probe(self, topic: bytes, nonce: str) -> None:
         self._serve_subscriptions()  # those that came before the probe request: applied first

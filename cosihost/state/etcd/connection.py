@@ -12,10 +12,18 @@ watch on such a member is cancelled rather than left silent.
 A retried write may have been applied by the attempt that timed out: the
 caller is told (``maybe_applied``) and decides, since only it knows what
 its write should have left behind.
+
+:meth:`Connection.submit` does not wait: the call goes out as a gRPC
+future, so any number are in flight on the channel at once (HTTP/2
+streams), and the answer is handed to a callback. Only a failed attempt
+leaves that path: its retries, which wait between attempts, run on a small
+pool through :meth:`Connection.call`.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -46,6 +54,12 @@ _REQUEST_ERRORS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.F
                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE,
                              grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.NOT_FOUND})
 _WRITES = frozenset({"Txn", "Put", "Compact"})
+#: Threads retrying failed submitted calls (only while etcd misbehaves).
+RETRIERS = 4
+
+#: What a submitted call ends with: the response, whether an earlier attempt
+#: may have been applied, and the error (then the response is None).
+Done = Callable[[Any, bool, "BaseException | None"], None]
 
 
 class CompactedError(Exception):
@@ -62,6 +76,11 @@ def _target(endpoint: str) -> str:
         if endpoint.startswith(scheme):
             endpoint = endpoint[len(scheme):]
     return endpoint.rstrip("/")
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details: str = exc.details() or exc.code().name.lower()
+    return details
 
 
 def _read(path: str | None) -> bytes | None:
@@ -91,6 +110,9 @@ class Connection:
         self._stubs: dict[tuple[int, str], Callable[..., Any]] = {}
         self._current = 0
         self._closed = threading.Event()
+        #: RPCs sent, by method (every attempt counts): what a write cost.
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._retries: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- channels ---------------------------------------------------------------
     def _stub(self, index: int, service: str, method: str) -> Callable[..., Any]:
@@ -111,6 +133,7 @@ class Connection:
                             request_serializer=getattr(self.m, req).SerializeToString,
                             response_deserializer=getattr(self.m, resp).FromString)
                 self._stubs[(index, method)] = stub
+            self.counts[method] += 1
             return stub
 
     def _rotate(self, index: int) -> None:
@@ -128,46 +151,113 @@ class Connection:
                 channel.close()
             self._channels.clear()
             self._stubs.clear()
+            retries, self._retries = self._retries, None
+        if retries is not None:
+            retries.shutdown(wait=False, cancel_futures=True)
 
     # -- calls ------------------------------------------------------------------
-    def call(self, service: str, method: str, request: Any, *,
-             timeout: float | None = None) -> tuple[Any, bool]:
+    def call(self, service: str, method: str, request: Any, *, timeout: float | None = None,
+             deadline: float | None = None, maybe_applied: bool = False) -> tuple[Any, bool]:
         """The response, and whether an earlier attempt may have been applied.
 
         Each attempt gets a share of ``timeout`` (the config's by default),
         so a member that hangs cannot use it all; a failed attempt moves on
         to the next member. Raises :class:`UnavailableError` naming the last
-        failure once the time is up.
+        failure once the time is up (or ``deadline``, a monotonic time).
         """
         total = timeout or self.config.timeout
-        deadline = time.monotonic() + total
-        share = max(0.5, total / (len(self._targets) + 1))
-        maybe_applied = False
+        deadline = deadline or time.monotonic() + total
         pause = 0.02
         while True:
             index = self._current
             remaining = deadline - time.monotonic()
             try:
                 stub = self._stub(index, service, method)
-                attempt = max(0.05, min(remaining, share))
+                attempt = max(0.05, min(remaining, self._share(total)))
                 return stub(request, timeout=attempt, metadata=_METADATA), maybe_applied
             except ValueError:  # the channel was closed under us
                 raise UnavailableError("etcd: connection closed") from None
             except grpc.RpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
-                    raise CompactedError(0) from None
-                if code in _REQUEST_ERRORS:
-                    raise UnavailableError(f"etcd {method}: {code.name.lower()}: {details}") from None
-                if method in _WRITES and not any(word in details.lower() for word in _NOT_SENT):
-                    maybe_applied = True
-                self._rotate(index)
+                maybe_applied = self._failed(exc, method, index) or maybe_applied
                 if time.monotonic() + pause >= deadline:
-                    raise UnavailableError(self._failure(method, total, index, details or code.name.lower(),
+                    raise UnavailableError(self._failure(method, total, index, _details(exc),
                                                          maybe_applied)) from None
                 if self._closed.wait(pause):
                     raise UnavailableError("etcd: connection closed") from None
                 pause = min(pause * 2, 0.5)
+
+    def submit(self, service: str, method: str, request: Any, done: Done) -> None:
+        """Send ``request`` without waiting; ``done(response, maybe_applied,
+        error)`` runs when it is answered, on a thread of gRPC's (or the
+        retry pool's): it must be quick and must not block."""
+        total = self.config.timeout
+        deadline = time.monotonic() + total
+        index = self._current
+        try:
+            stub: Any = self._stub(index, service, method)
+            future = stub.future(request, timeout=self._share(total), metadata=_METADATA)
+        except (UnavailableError, ValueError):
+            done(None, False, UnavailableError("etcd: connection closed"))
+            return
+
+        def answered(fut: Any) -> None:
+            try:
+                response = fut.result()
+            except grpc.RpcError as exc:
+                try:
+                    maybe_applied = self._failed(exc, method, index)
+                except Exception as final:
+                    done(None, False, final)
+                    return
+                self._retry(service, method, request, deadline, maybe_applied, done)
+                return
+            except Exception as exc:  # cancelled: the connection closed
+                done(None, False, UnavailableError(f"etcd {method}: {exc!r}"))
+                return
+            done(response, False, None)
+
+        future.add_done_callback(answered)
+
+    def _retry(self, service: str, method: str, request: Any, deadline: float, maybe_applied: bool,
+               done: Done) -> None:
+        """Go on with a submitted call that failed, as :meth:`call` would."""
+        def attempt() -> None:
+            try:
+                response, maybe = self.call(service, method, request, deadline=deadline,
+                                            maybe_applied=maybe_applied)
+            except Exception as exc:
+                done(None, maybe_applied, exc)
+                return
+            done(response, maybe, None)
+
+        with self._lock:
+            if self._retries is None and not self._closed.is_set():
+                self._retries = concurrent.futures.ThreadPoolExecutor(RETRIERS,
+                                                                      thread_name_prefix="cosihost-etcd-retry")
+            retries = self._retries
+        if retries is None:
+            done(None, maybe_applied, UnavailableError("etcd: connection closed"))
+            return
+        try:
+            retries.submit(attempt)
+        except RuntimeError:  # shut down meanwhile
+            done(None, maybe_applied, UnavailableError("etcd: connection closed"))
+
+    def _share(self, total: float) -> float:
+        """One attempt's part of a call's time."""
+        return max(0.5, total / (len(self._targets) + 1))
+
+    def _failed(self, exc: grpc.RpcError, method: str, index: int) -> bool:
+        """A failed attempt on member ``index``: raises what another attempt
+        would not change; else moves on to the next member and says whether
+        the attempt may have been applied."""
+        code, details = exc.code(), _details(exc)
+        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+            raise CompactedError(0) from None
+        if code in _REQUEST_ERRORS:
+            raise UnavailableError(f"etcd {method}: {code.name.lower()}: {details}") from None
+        self._rotate(index)
+        return method in _WRITES and not any(word in details.lower() for word in _NOT_SENT)
 
     def _failure(self, method: str, total: float, index: int, details: str, maybe_applied: bool) -> str:
         what = "apply it" if method in _WRITES else "answer"

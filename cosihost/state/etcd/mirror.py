@@ -10,8 +10,17 @@ revision away, the mirror re-reads everything and turns the differences
 into events.
 
 Writes are not made here (see :mod:`.state`), but their acknowledged
-revisions are handed in (:meth:`Mirror._settle`), so a writer reads its
+revisions are handed in (:mod:`.settle`), so a writer reads its
 own write as soon as etcd acknowledged it, without waiting for the watch.
+
+The mirror also knows whether it is *known current* (:meth:`known_current`):
+its watch is connected and it has applied every revision etcd has named to
+this process so far, in any answer (a write's acknowledgement, a lost
+compare-and-swap, a read, a watch response, noted before its events are
+applied). A decision made on a current mirror is consistent with everything
+this host has read, written or told anyone: the same guarantee as a read
+served from the mirror. A write by another host that no answer has named
+yet may be missing; any decision that writes is checked by etcd anyway.
 
 Bookmarks are etcd revisions, so they outlive this process: a watch
 resumed from one older than this mirror's history gets what changed since,
@@ -21,6 +30,7 @@ computed from etcd's own history at that revision.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -36,13 +46,13 @@ from . import keys
 from .config import EtcdConfig
 from .connection import CompactedError, Connection
 from .schema import PUT
+from .settle import Names, Settling
 
 log = logging.getLogger("cosihost.etcd")
 
 PAGE = 1000
 #: Records kept to answer writers waiting for the watch to deliver theirs.
 RECENT = 4096
-Names = tuple[str, str, str]
 
 
 def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Names | None, bool]]:
@@ -57,7 +67,7 @@ def _with_partial(parsed: list[tuple[Any, Names | None]]) -> list[tuple[Any, Nam
     return out
 
 
-class Mirror(InMemoryState):
+class Mirror(Settling, InMemoryState):
     """An in-memory state that follows an etcd prefix. Close it when done."""
 
     def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
@@ -77,9 +87,13 @@ class Mirror(InMemoryState):
         #: The revision the history of every kind is complete from.
         self._start = 0
         self._applying = threading.Condition()
-        #: Acknowledged writes of this process waiting for the revisions before them.
-        self._pending: dict[int, tuple[Names, bytes | None]] = {}
-        self._recent: dict[int, Record] = {}
+        self._pending = {}
+        self._waiters = []
+        self._order = itertools.count()
+        self._seen = 0
+        self._seen_lock = threading.Lock()
+        self._watch_live = False
+        self._recent = {}
         self._local = threading.local()
         self._stop = threading.Event()
         self._cancel_watch: Callable[[], None] = lambda: None
@@ -183,48 +197,11 @@ class Mirror(InMemoryState):
             self._drain_pending()
             self._applying.notify_all()
 
-    def _settle(self, names: Names, blob: bytes | None, rev: int) -> Record | None:
-        """Wait until the mirror holds this write, acknowledged at ``rev``.
-
-        It is applied at once when every revision before it is applied, by
-        the watch or by other writers of this process, so concurrent local
-        writers do not wait for their own events to come back."""
-        deadline = time.monotonic() + self.config.timeout
-        with self._applying:
-            if rev > self._applied:
-                self._pending[rev] = (names, blob)
-                self._drain_pending()
-            while self._applied < rev:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
-                    log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, rev)
-                    return None
-                self._applying.wait(remaining)
-            return self._recent.get(rev)
-
-    def _settle_gone(self, names: Names) -> None:
-        """Wait until the mirror no longer holds a key (a delete whose revision
-        is not known: retried after an attempt that may have applied it)."""
-        deadline = time.monotonic() + self.config.timeout
-        with self._applying:
-            while names in self._revs and not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._applying.wait(remaining)
-
-    def _drain_pending(self) -> None:
-        """Apply acknowledged writes that follow on without a gap (under
-        ``_applying``); forget those the watch applied already."""
-        pending = self._pending
-        if not pending:
-            return
-        while (nxt := pending.pop(self._applied + 1, None)) is not None:
-            self._apply(*nxt[0], nxt[1], self._applied + 1)
-            self._applied += 1
-        for rev in [r for r in pending if r <= self._applied]:
-            del pending[rev]
-        self._applying.notify_all()
+    def known_current(self) -> bool:
+        """Has the mirror applied every revision etcd has named to this
+        process, with its watch connected? (The module docstring says what
+        a decision on it is worth.)"""
+        return self.ready and self._watch_live and self._applied >= self._seen
 
     # -- reading etcd --------------------------------------------------------------
     def _range(self, start: bytes, end: bytes, revision: int = 0) -> tuple[Any, list[Any]]:
@@ -234,6 +211,7 @@ class Mirror(InMemoryState):
         while True:
             req = self._m.RangeRequest(key=start, range_end=end, limit=PAGE, revision=revision)
             resp, _ = self._conn.call("KV", "Range", req)
+            self._note(resp.header.revision)
             header = header or resp.header
             revision = revision or header.revision
             kvs.extend(resp.kvs)
@@ -325,9 +303,12 @@ class Mirror(InMemoryState):
                     raise CompactedError(resp.compact_revision)
                 if resp.canceled:
                     raise UnavailableError(f"watch cancelled: {resp.cancel_reason or 'no reason given'}")
+                self._note(resp.header.revision)  # before its events: not current until they are in
+                self._watch_live = True
                 if resp.events:
                     self._apply_events(resp.events)
         finally:
+            self._watch_live = False
             self._cancel_watch()  # ends the stream and its request thread
 
     # -- bookmarks are revisions -------------------------------------------------
