@@ -80,6 +80,10 @@ class Timing:
     #: How long a controller waits for a reply before it reopens its socket
     #: and sends the request again (Lazy Pirate).
     request_timeout: float = 5.0
+    #: How long a controller whose inputs shrank has to unsubscribe from the
+    #: kinds it may no longer read before it is restarted (see
+    #: cosihost.supervisor.revocation).
+    revoke_within: float = 5.0
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -112,6 +113,8 @@ class Supervisor:
         #: _serve_subscriptions); cleared once the events socket's queue is empty.
         self._subs_unaligned = False
         self._refusals_logged: set[tuple[str, bytes]] = set()
+        #: Serials that make each controller's events connection a User-Id of its own.
+        self._connections = itertools.count(1)
         self._etcd: list[Any] = []
         #: Each etcd namespace (as configured) and the state that keeps it.
         self._etcd_namespaces: dict[str, Any] = {}
@@ -313,7 +316,8 @@ class Supervisor:
                 return None, f"controller {own.name} has not registered"
             if not admin and username not in (wire.events_credentials(""), own.token.encode()):
                 return None, f"controller {own.name} presented a token that is not its own"
-            return CONTROLLER_ID + own.token, ""
+            # One User-Id per connection: its unsubscriptions say which it was (see revocation).
+            return f"{CONTROLLER_ID}{own.token}/{next(self._connections)}", ""
         if admin:
             return ADMIN_ID, ""
         if username == wire.events_credentials(""):
@@ -329,7 +333,7 @@ class Supervisor:
         if identity == ADMIN_ID:
             return ADMIN
         if identity.startswith(CONTROLLER_ID):
-            return self.supervision.caller(identity[len(CONTROLLER_ID):])
+            return self.supervision.caller(identity[len(CONTROLLER_ID):].partition("/")[0])
         return None
 
     def _serve_subscriptions(self, budget: int = 256) -> None:
@@ -342,6 +346,10 @@ class Supervisor:
         has been seen empty again, which connection a subscription would
         apply to is unknown, so none is applied then; the subscriber's probe
         does not come back and it subscribes again.
+
+        A controller's grants and unsubscriptions are recorded per connection
+        (its User-Id), so that a subscription revoked when its inputs shrink
+        is known to be gone from all its connections (see :mod:`revocation`).
         """
         for _ in range(budget):
             try:
@@ -358,23 +366,28 @@ class Supervisor:
             if self._subs_unaligned:
                 log.debug("subscription change to %r dropped while subscriptions are unaligned", topic)
                 continue
+            try:
+                identity = str(frame.get("User-Id"))
+            except zmq.ZMQError:  # the ending of a connection: no metadata
+                identity = ""
+            token = identity[len(CONTROLLER_ID):].partition("/")[0] if identity.startswith(CONTROLLER_ID) else ""
             if data[0] == 0:
                 # From the connection itself, or its ending (then it applies to nothing).
                 self.pub.setsockopt(zmq.UNSUBSCRIBE, topic)
+                if token:
+                    self.supervision.grants.released(token, identity, topic)
                 continue
-            try:
-                identity = str(frame.get("User-Id"))
-            except zmq.ZMQError:
-                identity = ""
             caller = self._subscriber(identity)
             try:
                 if caller is None:
                     raise AccessDeniedError("its token is no longer valid")
                 access.check_subscribe(caller, topic)
             except AccessDeniedError as exc:
-                self._log_refusal((identity, topic), "refused an events subscription: %s", exc)
+                self._log_refusal((token or identity, topic), "refused an events subscription: %s", exc)
                 continue
             self.pub.setsockopt(zmq.SUBSCRIBE, topic)
+            if token:
+                self.supervision.grants.granted(token, identity, topic)
 
     def _log_refusal(self, key: tuple[str, bytes], message: str, *args: Any) -> None:
         """Log a refusal once as a warning, its repetitions at debug level."""

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ..errors import AccessDeniedError, InvalidRequestError
 from ..settings import Settings
+from .. import wire
 from ..wire import Reply
 from . import processes
 from .access import Caller
@@ -28,6 +29,8 @@ from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED,
 from ..worker.identity import become
 from . import orphans, ratelimit
 from .registry import Declaration, Registry
+from .revocation import Grants
+from .access import check_subscribe
 from .status import StatusWriter
 from .zygote import Zygote
 
@@ -68,6 +71,8 @@ class Supervision:
         #: what stood in its way is gone.
         self.refused: dict[str, Refusal] = {}
         self.tokens: dict[str, str] = {}
+        #: Event subscriptions granted to controllers, and those revoked.
+        self.grants = Grants()
         self.stopping = False
         self._next_refresh = 0.0
         self.zygote: Zygote | None = None
@@ -315,6 +320,7 @@ class Supervision:
         if slot.placement is not None:
             self.limiter.release(slot.placement)
         self.tokens.pop(slot.token, None)
+        self.grants.forget(slot.token)
         log.log(logging.INFO if slot.kill_reason else logging.WARNING,
                 "%s (pid %d) ended: %s", slot.name, slot.pid, reason)
         slot.proc, slot.token = None, ""
@@ -349,6 +355,9 @@ class Supervision:
                     now - slot.last_seen > self.timing.hung_after:
                 log.error("%s stopped answering for %.0f s: killing it", slot.name, now - slot.last_seen)
                 processes.kill(slot, reason="hung")
+        revoke_at = self._enforce_revocations(now)
+        if revoke_at is not None:
+            wake = min(wake, revoke_at)
         self.refresh()
         return max(0.0, min(wake, self._next_refresh) - now)
 
@@ -439,6 +448,39 @@ class Supervision:
         if decl.inputs != slot.decl.inputs:
             slot.decl.inputs = decl.inputs
             self.status.update(slot)
+            self._revoke(caller)
+
+    def _revoke(self, caller: Caller) -> None:
+        """The kinds the controller may no longer read: further subscriptions
+        are refused (the read rule sees the new inputs); those it holds must be
+        given up within ``revoke_within`` seconds (see :mod:`revocation`)."""
+        slot = self.slots[caller.name]
+
+        def allowed(topic: bytes) -> bool:
+            try:
+                check_subscribe(caller, topic)
+            except AccessDeniedError:
+                return False
+            return True
+
+        for topic in self.grants.shrink(slot.token, allowed, within=self.timing.revoke_within):
+            log.info("%s must unsubscribe from %r within %g s: its inputs no longer name it",
+                     slot.name, topic, self.timing.revoke_within)
+
+    def _enforce_revocations(self, now: float) -> float | None:
+        """Restart every controller that kept a revoked subscription past its
+        deadline; returns when the next deadline is due."""
+        for revocation in self.grants.overdue(now):
+            name = self.tokens.get(revocation.token)
+            slot = self.slots.get(name) if name else None
+            if slot is None or not slot.alive():
+                continue
+            namespace, type = wire.parse_topic(revocation.topic)  # only kinds' topics are granted
+            kind = f"{namespace}/{type}"
+            reason = f"kept its subscription to {kind} after its inputs shrank"
+            log.error("%s %s: restarting it", slot.name, reason)
+            processes.kill(slot, reason=reason)
+        return self.grants.next_deadline()
 
     # -- requests from people --------------------------------------------------
     def restart(self, name: str, respond: Respond | None) -> None:
