@@ -33,7 +33,6 @@ import queue
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
 from .registry import Registry
-from .identity import reachable_by_others
 from .remote_access import RemotePeer
 from .remote import RemoteWrites
 from .sdnotify import Notifier
@@ -98,6 +96,7 @@ class Supervisor:
         iso = settings.isolation
         #: Why controllers run as the supervisor's user although [isolation] is on (then off).
         self._isolation_off = iso.why_not() if iso else None
+        self._isolation_asked = bool(iso and iso.asked)
         if self._isolation_off:
             settings.isolation = None
         self.limiter = limiter or limits_mod.choose()
@@ -150,10 +149,7 @@ class Supervisor:
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
         if self._isolation_off:
             self.status.isolation_off = self._isolation_off
-            log.warning("isolation: %s", self._isolation_off)
-        elif self.settings.isolation is not None and not reachable_by_others(Path(sys.prefix)):
-            log.warning("isolation: %s is not readable by other users, so a controller running as its own "
-                        "user can import only what the zygote preloaded (install into /opt or /usr)", sys.prefix)
+            log.log(logging.WARNING if self._isolation_asked else logging.INFO, "isolation: %s", self._isolation_off)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
         if self.metrics is not None:
@@ -217,6 +213,7 @@ class Supervisor:
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
         iso = self.settings.isolation
         group = iso.group if iso is not None else self.settings.access_group
+        self._socket_group = group
         if group is not None:  # controllers under their own uids reach the sockets through it
             _share_with_group(rd, group)
         self.remote_router: "zmq.Socket[bytes] | None" = None
@@ -601,7 +598,23 @@ class Supervisor:
                 self.supervision.stop_all()
             elif sig == signal.SIGHUP and not self.supervision.stopping:
                 log.info("reloading on SIGHUP")
+                self._reshare_runtime_dir()
                 self._start_scan()
+
+    def _reshare_runtime_dir(self) -> None:
+        """Give the runtime folder back to the socket group if it lost it.
+        systemd sets up RuntimeDirectory= again for every command of the unit,
+        ExecReload's ``kill -HUP`` included: it finds the folder's group is
+        not root's and chowns the whole tree to root, and a controller started
+        by the reload could no longer reach the sockets."""
+        group, rd = self._socket_group, self.settings.runtime_dir
+        try:
+            if group is None or os.stat(rd).st_gid == group:
+                return
+            log.info("the runtime folder lost its group (systemd resets it on reload): giving it back to %d", group)
+            _share_with_group(rd, group)
+        except (OSError, InvalidRequestError) as exc:
+            log.error("cannot give the runtime folder back to group %d: %s", group, exc)
 
     def _serve_requests(self, budget: int = 256) -> None:
         """Answer up to ``budget`` queued requests, then let the loop breathe."""

@@ -26,7 +26,7 @@ from . import processes
 from .access import Caller
 from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
-from ..worker.identity import become
+from ..worker.identity import IDENTITY_FAILED_EXIT
 from . import orphans, ratelimit
 from .registry import Declaration, Registry
 from .revocation import Grants
@@ -266,8 +266,10 @@ class Supervision:
             except OSError as exc:
                 log.warning("zygote spawn of %s failed (%s); starting it cold", slot.name, exc)
         if proc is None:
-            proc = processes.spawn_cold(config, preexec=_then_become(self.limiter.preexec(slot.placement),
-                                                                      slot.identity))
+            # The identity is taken after exec, in the worker: the interpreter
+            # may live where the controller's user cannot reach.
+            proc = processes.spawn_cold({**config, "identity": slot.identity},
+                                        preexec=self.limiter.preexec(slot.placement))
         processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
 
@@ -310,6 +312,8 @@ class Supervision:
             reason = "memory limit"
         elif code == PLACEMENT_FAILED_EXIT:
             reason = "could not enter its limits"
+        elif code == IDENTITY_FAILED_EXIT and slot.identity is not None:
+            reason = "could not take its identity (user, capabilities)"
         else:
             reason = processes.describe_exit(code)
         slot.last_exit = {
@@ -521,17 +525,4 @@ class Supervision:
         if self.module_errors:
             text += f", {len(self.module_errors)} module(s) failed"
         return text
-
-
-def _then_become(preexec: Callable[[], None] | None,
-                 identity: dict[str, Any] | None) -> Callable[[], None] | None:
-    """A cold start's preexec: its placement, then its user (placing needs root)."""
-    if identity is None:
-        return preexec
-
-    def child() -> None:
-        if preexec is not None:
-            preexec()
-        become(identity)
-    return child
 
