@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from .. import capabilities
@@ -34,6 +35,8 @@ class Isolation:
     deny: list[str] = dataclasses.field(default_factory=list)
     #: ``enabled = true`` (not "auto"): a supervisor that cannot isolate warns.
     asked: bool = False
+    #: The runtime folder, opened by the supervisor (-1: not yet).
+    runtime_fd: int = -1
 
     def refusal(self, name: str, wanted: list[str]) -> str | None:
         """Why a controller declaring ``wanted`` capabilities may not run, or None."""
@@ -77,6 +80,21 @@ class Isolation:
             uid = self.taken[name] = free
         return {"uid": uid, "gid": uid, "groups": [self.group], "caps": capabilities.numbers(caps),
                 "capabilities": list(caps)}
+
+    def open_runtime_dir(self, runtime_dir: Path) -> None:
+        """Open the runtime folder for the controllers to reach it by (see
+        :meth:`reach`): it may sit below folders their users cannot enter
+        (a 0700 temporary folder), and its sockets are all they need."""
+        self.runtime_fd = os.open(runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def reach(self, runtime_dir: Path) -> str:
+        """The runtime folder as a controller process names it: through the
+        descriptor it inherits (``pass_fds``), whatever lies above it."""
+        return f"/proc/self/fd/{self.runtime_fd}" if self.runtime_fd >= 0 else str(runtime_dir)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.runtime_fd,) if self.runtime_fd >= 0 else ()
 
     def release(self, name: str) -> None:
         self.taken.pop(name, None)

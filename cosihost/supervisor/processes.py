@@ -143,7 +143,7 @@ class Slot:
 MAX_SOURCE = 256 * 1024
 
 
-def worker_config(slot: Slot, *, runtime_dir: Path, timing: Timing) -> dict[str, Any]:
+def worker_config(slot: Slot, *, runtime_dir: Path | str, timing: Timing) -> dict[str, Any]:
     """A fresh secret and everything a controller process needs to start.
 
     The module's source goes along: a controller under its own user may not
@@ -163,10 +163,12 @@ def worker_config(slot: Slot, *, runtime_dir: Path, timing: Timing) -> dict[str,
     }
 
 
-def spawn_cold(config: dict[str, Any], *, preexec: Any = None) -> subprocess.Popen[bytes]:
+def spawn_cold(config: dict[str, Any], *, preexec: Any = None,
+               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """Start a fresh interpreter; the settings and secret go over stdin."""
     proc = subprocess.Popen([sys.executable, "-m", "cosihost.worker", "run"],
-                            stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
+                            stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+                            pass_fds=pass_fds)
     assert proc.stdin is not None
     try:
         proc.stdin.write(msgpack.packb(config))

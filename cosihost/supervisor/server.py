@@ -216,6 +216,8 @@ class Supervisor:
         self._socket_group = group
         if group is not None:  # controllers under their own uids reach the sockets through it
             _share_with_group(rd, group)
+        if iso is not None:
+            iso.open_runtime_dir(rd)
         self.remote_router: "zmq.Socket[bytes] | None" = None
         self.remote_pub: "zmq.Socket[bytes] | None" = None
         if self.settings.remote is not None:

@@ -254,8 +254,9 @@ class Supervision:
         assert slot.decl is not None
         limits, _bucket = ratelimit.split(slot.name, {**slot.decl.limits, **self.settings.limits.get(slot.name, {})})
         slot.placement = self.limiter.prepare(slot.name, limits)
-        config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
         iso = self.settings.isolation
+        runtime_dir = iso.reach(self.settings.runtime_dir) if iso is not None else self.settings.runtime_dir
+        config = processes.worker_config(slot, runtime_dir=runtime_dir, timing=self.timing)
         slot.identity = iso.assign(slot.name, slot.decl.capabilities) if iso is not None else None
         setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
@@ -269,7 +270,7 @@ class Supervision:
             # The identity is taken after exec, in the worker: the interpreter
             # may live where the controller's user cannot reach.
             proc = processes.spawn_cold({**config, "identity": slot.identity},
-                                        preexec=self.limiter.preexec(slot.placement))
+                                        preexec=self.limiter.preexec(slot.placement), pass_fds=self._pass_fds())
         processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
 
@@ -291,8 +292,12 @@ class Supervision:
         if self.zygote is None or not self.zygote.alive():
             if self.zygote is not None:
                 self.zygote.close()
-            self.zygote = Zygote()
+            self.zygote = Zygote(pass_fds=self._pass_fds())
         return self.zygote
+
+    def _pass_fds(self) -> tuple[int, ...]:
+        """What every controller process inherits: the runtime folder's descriptor under isolation."""
+        return self.settings.isolation.pass_fds if self.settings.isolation is not None else ()
 
     def reap(self) -> None:
         """Judge every process that has exited since the last look."""
