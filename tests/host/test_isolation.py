@@ -184,6 +184,7 @@ def test_isolation_is_on_by_default_and_controllers_import_wherever_python_lives
     status = sup.statuses()["test.Importer"]
     assert spec == {"uid": status["isolation"]["uid"], "loaded": "xml.dom.minidom"}, (spec, sys.prefix)
     assert spec["uid"] >= 3_000_000 and status["restarts"] == 0 and status["last_exit"] is None
+    assert status["isolation"]["mode"] == "dynamic-user" and status["isolation"]["no_new_privs"] is True
     assert _wide_row(sup, "test.Importer")[-2:] == ["uid", str(spec["uid"])]
 
 
