@@ -29,8 +29,8 @@ from .state.inmemory import recorded_in_transaction
 from .state.modify import modify_spec
 from .state.watchfor import watch_for
 from .state.txn import Op, Transaction, committed, open_transaction, outside_transaction, teardown_and_destroy
-from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, Event, EventStream, Record, decode,
-                           kind_translator, make_bookmark, parse_bookmark, since_bookmark)
+from .state.events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, MAX_BATCH, AggregatedWatch, Event, EventStream,
+                           Record, decode, kind_translator, make_bookmark, parse_bookmark, since_bookmark)
 from .transport import Requester, Subscriber, endpoint, fetch_snapshot
 
 
@@ -180,6 +180,14 @@ class Client:
     def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
                    labels: str | Sequence[str] | None = None, since: str | None = None) -> "RemoteWatch":
         return RemoteWatch(self, namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+
+    def watch_kind_aggregated(self, namespace: str, type: str, *, bootstrap: bool = False,
+                              labels: str | Sequence[str] | None = None, since: str | None = None,
+                              max_batch: int = MAX_BATCH) -> AggregatedWatch:
+        """:meth:`watch_kind`, its events handed over in batches (lists):
+        every event that has reached this client when the next batch is asked for."""
+        watch = RemoteWatch(self, namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+        return AggregatedWatch(watch, max_batch=max_batch)
 
 
 class RemoteWatch(EventStream):

@@ -1,7 +1,8 @@
 """The ready-made controllers (cosihost.generic) in the harness: outputs
 follow inputs, orphans go, input finalizers go only after the output, a
 tearing-down input tears its output down first, a restart mid-queue leaves
-nothing orphaned, and cleanup holds a kind until its dependants are gone."""
+nothing orphaned, cleanup holds a kind until its dependants are gone, and
+destroy finishes its own torn-down resources once nothing holds them."""
 
 from __future__ import annotations
 
@@ -197,3 +198,30 @@ def test_cleanup_holds_a_kind_until_nothing_refers_to_it() -> None:
         h.state.destroy("in", INTS, "member")
         h.wait_for(lambda: not h.get("groups", GROUPS, "g").metadata.finalizers, message="the finalizer to go")
         h.state.destroy("groups", GROUPS, "g")
+
+
+REAPER = "test.Reaper"
+
+
+def test_destroy_finishes_its_own_teardowns_once_nothing_holds_them() -> None:
+    state = InMemoryState()
+    state.create(Resource("out", STRS, "early", {}), owner=REAPER)
+    state.teardown("out", STRS, "early", owner=REAPER)            # torn down before it starts
+    with ControllerHarness(generic.destroy(name=REAPER, output=("out", STRS)), state=state) as h:
+        h.wait_destroyed("out", STRS, "early")                    # the queue is filled at start
+        for rid in ("held", "free", "running"):
+            h.state.create(Resource("out", STRS, rid, {}), owner=REAPER)
+        h.state.create(Resource("out", STRS, "users", {}))        # a user's (no owner): never ours
+        h.state.add_finalizer("out", STRS, "held", "someone-else")
+        for rid in ("held", "free"):
+            h.state.teardown("out", STRS, rid, owner=REAPER)
+        h.state.teardown("out", STRS, "users")
+        h.wait_destroyed("out", STRS, "free")
+        h.wait_idle()
+        assert {r.metadata.id: r.metadata.phase for r in h.state.list("out", STRS)} == {
+            "held": "tearing-down", "running": "running", "users": "tearing-down"}
+        h.state.remove_finalizer("out", STRS, "held", "someone-else")
+        h.wait_destroyed("out", STRS, "held")
+        h.wait_idle()
+        assert sorted(r.metadata.id for r in h.state.list("out", STRS)) == ["running", "users"]
+        assert h.errors == []

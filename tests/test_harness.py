@@ -180,6 +180,27 @@ def test_rt_enforces_the_declaration_rules():
             rt.destroy("default", DOUBLES, "users")
 
 
+def test_rt_modify_takes_only_its_own_name_as_owner():
+    """The state API's owner= on modify, for a controller: its own name, or
+    refused before anything is read or written, in a transaction too."""
+    with ControllerHarness(Holder) as h:
+        h.wait_idle()
+        rt = h.rt
+        res = rt.modify("default", DOUBLES, "mine", lambda s: s.update(x=1), owner="test.Holder")
+        assert (res.spec, res.metadata.owner) == ({"x": 1}, "test.Holder")
+        h.state.create(Resource("default", DOUBLES, "users", {}))
+        for owner in ("", "someone-else"):
+            with pytest.raises(AccessDeniedError, match="writes only as itself"):
+                rt.modify("default", DOUBLES, "users", lambda s: s.update(x=1), owner=owner)
+            with pytest.raises(AccessDeniedError, match="writes only as itself"), rt.transaction():
+                rt.modify("default", DOUBLES, "new", lambda s: s.update(x=1), owner=owner)
+        assert h.state.get("default", DOUBLES, "users").spec == {}
+        assert [r.metadata.id for r in h.state.list("default", DOUBLES)] == ["mine", "users"]
+        with rt.transaction():
+            rt.modify("default", DOUBLES, "txn", lambda s: s.update(y=2), owner="test.Holder")
+        assert h.state.get("default", DOUBLES, "txn").metadata.owner == "test.Holder"
+
+
 def test_a_bad_declaration_is_refused_like_at_registration():
     class Bad(Controller):
         name = "test.Bad"

@@ -43,8 +43,8 @@ class CleanupController(Controller):
 
 def cleanup(*, name: str, input: tuple[str, str], finalizer_removal: FinalizerRemovalFn,
             extra_inputs: Sequence[Input] = (), outputs: Sequence[Output] = (),
-            definitions: Sequence[ResourceDefinition] = (), limits: Mapping[str, Any] | None = None,
-            module: str | None = None) -> type[CleanupController]:
+            capabilities: Sequence[str] = (), definitions: Sequence[ResourceDefinition] = (),
+            limits: Mapping[str, Any] | None = None, module: str | None = None) -> type[CleanupController]:
     """A controller putting its finalizer on every ``input`` resource and
     removing it from one being deleted once ``finalizer_removal(rt, res)``
     returns (raise :class:`Skip` to wait; declare what it reads in
@@ -53,7 +53,7 @@ def cleanup(*, name: str, input: tuple[str, str], finalizer_removal: FinalizerRe
     attrs = {"watched": kind, "check": (finalizer_removal,),
              "inputs": [Input(*kind, kind="strong"), *extra_inputs], "outputs": list(outputs)}
     return build_class(name, CleanupController, attrs, module=module, definitions=definitions,
-                       limits=dict(limits or {}))
+                       limits=dict(limits or {}), capabilities=capabilities)
 
 
 def has_no_outputs(namespace: str, type: str, labels: Callable[[Resource], str | Sequence[str]]) -> FinalizerRemovalFn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence
 
 from ..resource import Resource
-from .events import BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, Watch
+from .events import BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, AggregatedWatch, Event, Watch
 from .inmemory import InMemoryState
 from .persist import SqliteStore, Store
 
@@ -38,9 +38,12 @@ class State(Protocol):
                   timeout: float | None = None) -> Resource: ...
     def watch_kind(self, namespace: str, type: str, *, bootstrap: bool = False,
                    labels: str | Sequence[str] | None = None, since: str | None = None) -> Any: ...
+    def watch_kind_aggregated(self, namespace: str, type: str, *, bootstrap: bool = False,
+                              labels: str | Sequence[str] | None = None, since: str | None = None,
+                              max_batch: int = ...) -> Any: ...
 
 
 __all__ = [
-    "State", "InMemoryState", "Store", "SqliteStore", "Event", "Watch",
+    "State", "InMemoryState", "Store", "SqliteStore", "Event", "Watch", "AggregatedWatch",
     "CREATED", "UPDATED", "DESTROYED", "BOOTSTRAPPED", "ERROR",
 ]

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, Self, TypeVar
 
 from ..errors import InvalidRequestError
 from ..resource import Resource, unpack
@@ -115,32 +115,74 @@ class History:
 
 
 Translate = Callable[[Record], list[Event]]
+T = TypeVar("T")
 
 
-class EventStream:
+class Stream(Generic[T]):
     """Iteration and ``with`` for anything with ``next(timeout)`` and
     ``close()``: a watch in process and a watch over the wire alike."""
 
-    def next(self, timeout: float | None = None) -> Event | None:
+    def next(self, timeout: float | None = None) -> T | None:
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[T]:
         return self
 
-    def __next__(self) -> Event:
-        event = self.next()
-        if event is None:
+    def __next__(self) -> T:
+        item = self.next()
+        if item is None:
             raise StopIteration
-        return event
+        return item
 
-    def __enter__(self) -> "EventStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EventStream(Stream[Event]):
+    """A stream of events, one at a time."""
+
+
+#: The most events one aggregated batch carries (a bootstrap of a bigger
+#: kind spans several, ``bootstrapped`` closing the last).
+MAX_BATCH = 10_000
+
+
+class AggregatedWatch(Stream[list[Event]]):
+    """A kind's watch handing over its events in batches (COSI's
+    ``WatchKindAggregated``): each :meth:`next` returns every event that has
+    arrived by then, at least one, oldest first, so a consumer reacting to a
+    burst of changes (a bootstrap, a transaction, a busy writer) does its
+    work once per batch rather than once per event. An ``error`` event ends
+    its batch and the watch."""
+
+    def __init__(self, stream: EventStream, *, max_batch: int = MAX_BATCH) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            stream.close()
+            raise InvalidRequestError(f"max_batch must be a positive integer, not {max_batch!r}")
+        self._stream = stream
+        self._max = max_batch
+
+    def next(self, timeout: float | None = None) -> list[Event] | None:
+        """The next batch; None on timeout or once the watch has ended."""
+        first = self._stream.next(timeout)
+        if first is None:
+            return None
+        batch = [first]
+        while batch[-1].kind != ERROR and len(batch) < self._max:
+            event = self._stream.next(0)   # only what has already arrived
+            if event is None:
+                break
+            batch.append(event)
+        return batch
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class Watch(EventStream):

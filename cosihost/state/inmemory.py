@@ -21,8 +21,8 @@ from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
                         check_strings, pack, unpack, validated_copy)
 from ..selectors import compile_id_regex, parse_query
-from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
-                     Watch, decode, kind_translator, make_bookmark, since_bookmark)
+from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, MAX_BATCH, UPDATED, AggregatedWatch, Event, History,
+                     Record, Watch, decode, kind_translator, make_bookmark, since_bookmark)
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
@@ -481,6 +481,14 @@ class InMemoryState:
         if bootstrap:
             pending.append(Event(BOOTSTRAPPED, bookmark=mark))
         return Watch(coll.history, cursor, translate, pending=pending)
+
+    def watch_kind_aggregated(self, namespace: str, type: str, *, bootstrap: bool = False,
+                              labels: str | Sequence[str] | None = None, since: str | None = None,
+                              max_batch: int = MAX_BATCH) -> AggregatedWatch:
+        """:meth:`watch_kind`, its events handed over in batches (lists):
+        every event that has arrived when the next batch is asked for."""
+        watch = self.watch_kind(namespace, type, bootstrap=bootstrap, labels=labels, since=since)
+        return AggregatedWatch(watch, max_batch=max_batch)
 
     def _resume_cursor(self, since: Any, coll: Collection,
                        current: int) -> tuple[int, str | None, builtins.list[Record]]:

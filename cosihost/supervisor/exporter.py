@@ -127,6 +127,9 @@ def _controllers(controllers: tuple[ControllerFigures, ...]) -> Iterator[Metric]
                               "the others.", labels=["controller", "state"])
     restarts = CounterMetricFamily("cosihost_controller_restarts", "Processes of the controller that ended "
                                    "and were started again.", labels=["controller"])
+    throttled = CounterMetricFamily("cosihost_controller_throttled_writes", "Writes refused for the "
+                                    "controller's write rate limit (it waits and sends them again).",
+                                    labels=["controller"])
     started = GaugeMetricFamily("cosihost_controller_start_time_seconds", "When the controller's current "
                                 "process started (Unix time); its counters start from 0 then.",
                                 labels=["controller"])
@@ -144,6 +147,7 @@ def _controllers(controllers: tuple[ControllerFigures, ...]) -> Iterator[Metric]
         if c.state == REFUSED:
             continue
         restarts.add_metric([c.name], c.restarts)
+        throttled.add_metric([c.name], c.throttled)
         if c.started is not None:
             started.add_metric([c.name], c.started)
         for key, family in families.items():
@@ -156,7 +160,7 @@ def _controllers(controllers: tuple[ControllerFigures, ...]) -> Iterator[Metric]
         if used:
             cpu.add_metric([c.name], used["cpu_seconds"])
             memory.add_metric([c.name], used["rss_bytes"])
-    yield from (state, restarts, started, *families.values(), durations, cpu, memory)
+    yield from (state, restarts, throttled, started, *families.values(), durations, cpu, memory)
 
 
 def _histogram(c: ControllerFigures) -> Histogram | None:

@@ -84,6 +84,8 @@ class ControllerFigures:
     counters: Mapping[str, int]
     #: The controller's histograms as its heartbeat sent them (unchecked).
     durations: Any = None
+    #: Writes refused for its write rate limit (the supervisor's count, across processes).
+    throttled: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +195,8 @@ class Figures:
             alive = slot.proc is not None
             out[slot.name] = ControllerFigures(
                 slot.name, slot.state, slot.restarts, slot.pid if alive else 0,
-                slot.started_wall if alive else None, dict(slot.counters), self._durations.get(slot.name))
+                slot.started_wall if alive else None, dict(slot.counters), self._durations.get(slot.name),
+                sup.status.throttled(slot.name))
         refused = [r.status_id for r in sup.refused.values()] + [m.name for m in sup.module_errors]
         for name in refused:
             out.setdefault(name, ControllerFigures(name, REFUSED, 0, 0, None, {}))

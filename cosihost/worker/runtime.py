@@ -138,10 +138,16 @@ class ControllerRuntime:
                             expected_phase=expected_phase)
         return unpack(reply["resource"])
 
-    @recorded_in_transaction
     def modify(self, namespace: str, type: str, id: str, fn: Callable[[Any], Any], *,
-               expected_phase: str | None = "running") -> Resource:
-        """Read-modify-write from the cache; on a conflict, re-read and retry."""
+               owner: str | None = None, expected_phase: str | None = "running") -> Resource:
+        """Read-modify-write from the cache; on a conflict, re-read and retry.
+        ``owner``, as in the state API, may only be the controller's own name:
+        a controller writes as itself (the supervisor refuses anything else)."""
+        if owner is not None and owner != self.name:
+            raise AccessDeniedError(f"{self.name} writes only as itself, not as owner {owner!r}")
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return txn.modify(namespace, type, id, fn, expected_phase=expected_phase)  # type: ignore[no-any-return]
         self._writable(type)
         res, written = modify_spec(namespace, type, id, fn, owner=self.name, get=self.get,
                                    create=self.create, expected_phase=expected_phase,

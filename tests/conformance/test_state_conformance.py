@@ -5,9 +5,9 @@ Each test runs against every implementation in ``conftest.IMPLEMENTATIONS``
 and uses only the public verbs of DESIGN 2a. Watches are read with
 ``next(timeout=...)`` through the ``expect`` fixture; absence of an event is
 shown with a later "barrier" write whose event must come next, never by
-sleeping. COSI cases with no counterpart in this API (aggregated watches,
-tail events, ``WatchFor``, ``ContextWithTeardown``, an ID query on a kind
-watch) are covered by the behaviour they build on, or left out.
+sleeping. COSI cases with no counterpart in this API (tail events,
+``ContextWithTeardown``, an ID query on a kind watch) are covered by the
+behaviour they build on, or left out.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cosihost import ConflictError, NotFoundError, OwnerConflictError, PhaseConflictError, Resource
+from cosihost import (ConflictError, InMemoryState, InvalidRequestError, NotFoundError, OwnerConflictError,
+                      PhaseConflictError, Resource)
 
 T = "Paths.os.cosihost.dev"
 
@@ -253,6 +254,53 @@ def test_watch_kind_with_bookmarks(state, ns, expect, bootstrap: bool) -> None:
             assert _summary(resumed.next(timeout=5)) == _summary(later)
         assert _summary(resumed.next(timeout=5)) == ("created", "res/bookmarks", 1)
         resumed.close()
+
+
+def _kind_id(event) -> tuple:
+    return (event.kind, event.resource.metadata.id if event.resource is not None else None)
+
+
+def test_watch_kind_aggregated(state, ns) -> None:
+    """COSI's aggregated kind watch: each next() hands over, as a list, every
+    event that has arrived, at least one, in order; a bootstrap (its items,
+    then ``bootstrapped``) is one batch; label filters apply as on watch_kind."""
+    for rid in ("agg/a", "agg/b"):
+        state.create(Resource(ns, T, rid, labels={"app": "x"}))
+    state.create(Resource(ns, T, "agg/other"))
+    w = state.watch_kind_aggregated(ns, T, bootstrap=True, labels="app=x")
+    assert [_kind_id(e) for e in w.next(timeout=5)] == [
+        ("created", "agg/a"), ("created", "agg/b"), ("bootstrapped", None)]
+
+    expected = []
+    for i in range(20):
+        state.create(Resource(ns, T, f"agg/n{i}", labels={"app": "x"}))
+        expected.append(("created", f"agg/n{i}"))
+        state.create(Resource(ns, T, f"agg/unlabelled{i}"))        # filtered out
+    state.teardown(ns, T, "agg/a")
+    state.destroy(ns, T, "agg/a")
+    expected += [("updated", "agg/a"), ("destroyed", "agg/a")]
+    seen, batches = [], 0
+    while len(seen) < len(expected):
+        batch = w.next(timeout=5)
+        assert batch, f"timed out after {seen}"
+        seen += [_kind_id(e) for e in batch]
+        batches += 1
+    assert seen == expected
+    if type(state) is InMemoryState:   # writes applied before they return: everything written is one batch
+        assert batches == 1
+    state.create(Resource(ns, T, "agg/barrier", labels={"app": "x"}))   # nothing else was pending
+    assert [_kind_id(e) for e in w.next(timeout=5)] == [("created", "agg/barrier")]
+    w.close()
+
+    with state.watch_kind_aggregated(ns, T, bootstrap=True, labels="app=x", max_batch=2) as small:
+        got: list = []
+        while not got or got[-1][-1].kind != "bootstrapped":
+            got.append(small.next(timeout=5))
+            assert got[-1], "timed out"
+        sizes = [len(batch) for batch in got]
+        assert max(sizes) == 2 and sum(sizes) == 23     # b, n0..n19, barrier, bootstrapped
+    with pytest.raises(InvalidRequestError, match="max_batch"):
+        state.watch_kind_aggregated(ns, T, max_batch=0)
 
 
 def test_parallel_destroy(state, ns, expect) -> None:

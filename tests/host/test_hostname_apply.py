@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -53,6 +54,15 @@ def test_a_config_that_asks_renames_the_namespace(supervisor_factory) -> None:
         assert done == {"hostname": NAME, "applied": True, "error": ""}
         assert _hostname_of(sup.pid) == NAME
         assert [r.metadata.id for r in c.list("network", "HostnameApplications.net.cosihost.dev")] == ["h"]
+        env = dict(os.environ, COSIHOST_RUNTIME_DIR=str(sup.runtime_dir))
+        table = subprocess.run([sys.executable, "-m", "cosihost", "get", "hostnameapplications"], timeout=30,
+                               capture_output=True, text=True, env=env)
+        header, row = table.stdout.splitlines()   # as before it became a generic.transform
+        assert header == "NAMESPACE   TYPE                   ID   VERSION   HOSTNAME            APPLIED   ERROR   AGE"
+        assert row.rsplit(None, 1)[0] == f"network     HostnameApplications   h    1         {NAME}   true", row
+        c.modify("config", "HostnameConfigs.net.cosihost.dev", "h", lambda s: s.update(apply=False))
+        wait_for(lambda: not c.list("network", "HostnameApplications.net.cosihost.dev"),
+                 message="the report of a config that no longer asks to go")
     assert _hostname_of(os.getpid()) == before   # this machine's own name never moved
 
 

@@ -203,6 +203,24 @@ def test_a_queue_controller_reports_its_queue(supervisor_factory):
     assert m.value("cosihost_controller_reconcile_duration_seconds_count", controller="test.QWorker") >= 5
 
 
+def test_a_throttled_controller_counts_its_refused_writes(supervisor_factory):
+    from test_rate_limit import SPAMMER, WRITES   # writes in a tight loop, over its limit of 20 a second
+
+    sup = supervisor_factory(config=CONFIG, controllers={"spammer": SPAMMER, "worker": WORKER})
+    with sup.client() as c:
+        c.create(Resource("work-in", INT, "w", {"value": 1}))
+        wait_for(lambda: [r.spec.get("n") for r in c.list("spam", "Spam.test.cosihost.dev")] == [WRITES],
+                 timeout=30, message="the spammer's last write")
+
+    def throttled(m: Scrape) -> float:
+        return m.of("cosihost_controller_throttled_writes_total", "test.Spammer")
+    m = scrape_until(metrics_address(sup),
+                     lambda m: 0 < throttled(m) == sup.statuses()["test.Spammer"]["throttled"]
+                     and m.of("cosihost_controller_reconciles_total") >= 1,
+                     "the spammer's refused writes, as its status counts them")
+    assert m.of("cosihost_controller_throttled_writes_total") == 0     # the worker kept its pace
+
+
 def test_every_metric_is_documented(supervisor_factory):
     sup = supervisor_factory(config=CONFIG, controllers={"worker": WORKER, "qworker": QWORKER})
     m = scrape_until(metrics_address(sup), lambda m: m.of("cosihost_controller_reconciles_total") >= 1,

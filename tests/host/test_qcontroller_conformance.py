@@ -147,3 +147,34 @@ def test_a_killed_controller_restarts_mid_queue_and_leaves_nothing_orphaned(supe
         expected = {r.metadata.id: str(r.spec["value"]) for r in c.list("in", INT)}
         wait_values(c, "out", STR, expected, timeout=30)
         assert all(r.metadata.owner == "test.SlowCopy" for r in c.list("out", STR))
+
+
+REAPER = '''
+from cosihost import generic
+
+Reaper = generic.destroy(name="test.Reaper", output=("reaped", "Strs.test.cosihost.dev"), concurrency=2)
+'''
+
+
+def test_destroy_in_a_real_process_destroys_its_torn_down_resources_once_free(supervisor_factory):
+    """The operator (admin token, acting as the controller) tears down two of
+    its resources, one held by a finalizer; the controller destroys each as
+    soon as nothing holds it, and never a user's."""
+    sup = supervisor_factory(controllers={"reaper": REAPER})
+    with sup.client() as c, sup.client(admin=True) as admin:
+        for rid in ("held", "free", "kept"):
+            admin.create(Resource("reaped", STR, rid, {}), owner="test.Reaper")
+        admin.create(Resource("reaped", STR, "users", {}))   # no owner: a user's
+        admin.add_finalizer("reaped", STR, "held", "someone-else")
+        assert admin.teardown("reaped", STR, "held", owner="test.Reaper") is False   # held
+        assert admin.teardown("reaped", STR, "free", owner="test.Reaper") is True    # free to go
+        admin.teardown("reaped", STR, "users")
+        def ids() -> list[str]:
+            return sorted(r.metadata.id for r in c.list("reaped", STR))
+        wait_for(lambda: "free" not in ids(), message="the free one destroyed")
+        assert c.get("reaped", STR, "held").metadata.phase == "tearing-down"
+        admin.remove_finalizer("reaped", STR, "held", "someone-else")
+        wait_for(lambda: "held" not in ids(), message="the held one destroyed once free")
+        assert ids() == ["kept", "users"]
+        assert c.get("reaped", STR, "users").metadata.phase == "tearing-down"
+        assert sup.statuses()["test.Reaper"]["restarts"] == 0
