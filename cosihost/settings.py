@@ -80,6 +80,10 @@ class Timing:
     #: How long a controller waits for a reply before it reopens its socket
     #: and sends the request again (Lazy Pirate).
     request_timeout: float = 5.0
+    #: How long a controller whose inputs shrank has to unsubscribe from the
+    #: kinds it may no longer read before it is restarted (see
+    #: cosihost.supervisor.revocation).
+    revoke_within: float = 5.0
 
 
 @dataclasses.dataclass
@@ -107,6 +111,7 @@ class Settings:
     #: With it, only members of this group (``[access] writers``) may write; others read.
     access_writers: int | None = None
     #: Each controller as a user of its own (``[isolation]``), or None: off.
+    #: Settings.build makes it "auto" (on as root) unless the config says false.
     isolation: Any = None
     #: Remote access over CURVE (``[remote]``), or None: off.
     remote: "RemoteAccess | None" = None
@@ -126,6 +131,8 @@ class Settings:
         config = config if config is not None else default_config()
         if config is not None:
             settings.apply_config(load_config(config))
+        else:
+            settings._apply_isolation({})
         if controllers_dir:
             settings.controllers_dir = Path(controllers_dir)
         if bundled is not None:
@@ -174,14 +181,17 @@ class Settings:
         self._apply_metrics(data.get("metrics"))
         if data.get("access") is not None:
             self.access_group, self.access_writers = _access(data["access"])
-        if "isolation" in data:
-            from .supervisor.identity import Isolation
-            self.isolation = Isolation.from_table(data["isolation"], access_group=self.access_group)
-            if self.isolation is not None and self.access_group not in (None, self.isolation.group):
-                raise InvalidRequestError("config: [isolation] group must be the [access] group: "
-                                          "one group owns the sockets")
+        self._apply_isolation(data.get("isolation", {}))
         if data.get("remote") is not None:
             self.remote = RemoteAccess.from_table(data["remote"])
+
+    def _apply_isolation(self, table: Any) -> None:
+        """``[isolation]``; without it, "auto": on when the supervisor runs as root."""
+        from .supervisor.identity import Isolation
+        self.isolation = Isolation.from_table(table, access_group=self.access_group)
+        if self.isolation is not None and self.access_group not in (None, self.isolation.group):
+            raise InvalidRequestError("config: [isolation] group must be the [access] group: "
+                                      "one group owns the sockets")
 
     def _apply_metrics(self, table: Any) -> None:
         if table is None:

@@ -29,7 +29,7 @@ def complete_controller(ctx: click.Context, _param: click.Parameter, incomplete:
 
 COLUMNS = ("NAME", "STATE", "PID", "RESTARTS", "UPTIME", "CPU", "MEMORY", "LAST EXIT", "REASON")
 WIDE_COLUMNS = ("NAME", "STATE", "PID", "RESTARTS", "STARTED", "CPU SECONDS", "RSS BYTES", "LAST EXIT",
-                "REASON", "MODULE", "CLASS", "LIMITS")
+                "REASON", "MODULE", "CLASS", "LIMITS", "ISOLATION")
 
 
 def controller_row(res: Resource, *, wide: bool = False) -> list[str]:
@@ -41,10 +41,22 @@ def controller_row(res: Resource, *, wide: bool = False) -> list[str]:
     tail = [cell(lookup(spec, "last_exit.reason")), cell(spec.get("reason"))]
     if wide:
         return head + [cell(spec.get("started")), cell(cpu), cell(rss)] + tail + [
-            cell(spec.get("module")), cell(spec.get("class")), cell(spec.get("limits") or None)]
+            cell(spec.get("module")), cell(spec.get("class")), cell(spec.get("limits") or None),
+            isolation_cell(spec.get("isolation"))]
     return head + [age(spec.get("started") if spec.get("pid") else None),
                    f"{cpu:.2f}s" if isinstance(cpu, (int, float)) else "",
                    formatted(rss, "bytes")] + tail
+
+
+def isolation_cell(isolation: object) -> str:
+    """``uid N`` (with the capabilities it keeps), or ``none`` when the
+    controller runs as the supervisor's user."""
+    if not isinstance(isolation, dict):
+        return ""
+    if "uid" not in isolation:
+        return "none"
+    caps = isolation.get("capabilities") or []
+    return f"uid {isolation['uid']}" + (f" +{','.join(map(str, caps))}" if caps else "")
 
 
 @click.command()

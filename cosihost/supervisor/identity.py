@@ -1,6 +1,7 @@
 """Which user each controller runs as: ``[isolation]``.
 
-Each controller gets a uid of its own from a range (as systemd's
+On by default when the supervisor runs as root (``enabled = "auto"``);
+``enabled = false`` turns it off. Each controller gets a uid of its own from a range (as systemd's
 DynamicUser does), stable for its name across restarts, so files it makes
 keep their owner, and never the uid of another running controller. Its
 only supplementary group is the socket group, which owns the runtime folder
@@ -32,6 +33,10 @@ class Isolation:
     taken: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Capabilities no controller may keep: one that declares any is refused.
     deny: list[str] = dataclasses.field(default_factory=list)
+    #: ``enabled = true`` (not "auto"): a supervisor that cannot isolate warns.
+    asked: bool = False
+    #: The runtime folder, opened by the supervisor (-1: not yet).
+    runtime_fd: int = -1
 
     def refusal(self, name: str, wanted: list[str]) -> str | None:
         """Why a controller declaring ``wanted`` capabilities may not run, or None."""
@@ -42,9 +47,10 @@ class Isolation:
     def from_table(cls, table: Any, *, access_group: int | None) -> "Isolation | None":
         if not isinstance(table, dict) or set(table) - {"enabled", "uids", "group", "deny"}:
             raise InvalidRequestError("config: [isolation] takes enabled, uids = [FIRST, LAST], group and deny")
-        enabled = table.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise InvalidRequestError("config: [isolation] enabled must be true or false")
+        enabled = table.get("enabled", "auto")
+        if not isinstance(enabled, bool) and enabled != "auto":
+            raise InvalidRequestError('config: [isolation] enabled must be "auto" (on when the supervisor '
+                                      'runs as root), true or false')
         uids = table.get("uids", list(DEFAULT_UIDS))
         if (not isinstance(uids, list) or len(uids) != 2 or not all(isinstance(u, int) for u in uids)
                 or not 0 < uids[0] <= uids[1] < 2 ** 32 - 1):
@@ -53,7 +59,7 @@ class Isolation:
         if not isinstance(group, int) or isinstance(group, bool) or group <= 0:
             raise InvalidRequestError("config: [isolation] group must be a gid above 0")
         deny = capabilities.checked(table.get("deny", []), who="config: [isolation] deny")
-        return cls(uids[0], uids[1], group, deny=deny) if enabled else None
+        return cls(uids[0], uids[1], group, deny=deny, asked=enabled is True) if enabled else None
 
     def why_not(self) -> str | None:
         """Why controllers cannot run as their own users here, or None."""
@@ -75,16 +81,21 @@ class Isolation:
         return {"uid": uid, "gid": uid, "groups": [self.group], "caps": capabilities.numbers(caps),
                 "capabilities": list(caps)}
 
+    def open_runtime_dir(self, runtime_dir: Path) -> None:
+        """Open the runtime folder for the controllers to reach it by (see
+        :meth:`reach`): it may sit below folders their users cannot enter
+        (a 0700 temporary folder), and its sockets are all they need."""
+        self.runtime_fd = os.open(runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def reach(self, runtime_dir: Path) -> str:
+        """The runtime folder as a controller process names it: through the
+        descriptor it inherits (``pass_fds``), whatever lies above it."""
+        return f"/proc/self/fd/{self.runtime_fd}" if self.runtime_fd >= 0 else str(runtime_dir)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self.runtime_fd,) if self.runtime_fd >= 0 else ()
+
     def release(self, name: str) -> None:
         self.taken.pop(name, None)
-
-
-def reachable_by_others(path: Path) -> bool:
-    """Can a user other than the owner walk down to ``path`` and read it?"""
-    try:
-        if not os.stat(path).st_mode & 0o004:
-            return False
-        return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
-    except OSError:
-        return False
 

@@ -139,21 +139,36 @@ class Slot:
         return self.proc is not None and self.proc.poll() is None
 
 
-def worker_config(slot: Slot, *, runtime_dir: Path, timing: Timing) -> dict[str, Any]:
-    """A fresh secret and everything a controller process needs to start."""
+#: A module larger than this is read by the controller itself, not sent to it.
+MAX_SOURCE = 256 * 1024
+
+
+def worker_config(slot: Slot, *, runtime_dir: Path | str, timing: Timing) -> dict[str, Any]:
+    """A fresh secret and everything a controller process needs to start.
+
+    The module's source goes along: a controller under its own user may not
+    be able to read the folder the module lives in (the supervisor reads it
+    for it, as it reads it to probe it)."""
     slot.secret = secrets.token_hex(16)
+    try:
+        source: bytes | None = slot.module.read_bytes()
+    except OSError:
+        source = None
     return {
         "name": slot.name, "module": str(slot.module), "class": slot.cls,
+        "source": source if source is not None and len(source) <= MAX_SOURCE else None,
         "secret": slot.secret, "runtime_dir": str(runtime_dir), "parent": os.getpid(),
         "heartbeat": timing.heartbeat, "backoff_cap": timing.backoff_cap,
         "subscriber_hwm": timing.subscriber_hwm, "request_timeout": timing.request_timeout,
     }
 
 
-def spawn_cold(config: dict[str, Any], *, preexec: Any = None) -> subprocess.Popen[bytes]:
+def spawn_cold(config: dict[str, Any], *, preexec: Any = None,
+               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """Start a fresh interpreter; the settings and secret go over stdin."""
     proc = subprocess.Popen([sys.executable, "-m", "cosihost.worker", "run"],
-                            stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec)
+                            stdin=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+                            pass_fds=pass_fds)
     assert proc.stdin is not None
     try:
         proc.stdin.write(msgpack.packb(config))

@@ -26,13 +26,13 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import queue
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -55,7 +55,6 @@ from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
 from .registry import Registry
-from .identity import reachable_by_others
 from .remote_access import RemotePeer
 from .remote import Answer, RemoteWrites
 from .sdnotify import Notifier
@@ -97,6 +96,7 @@ class Supervisor:
         iso = settings.isolation
         #: Why controllers run as the supervisor's user although [isolation] is on (then off).
         self._isolation_off = iso.why_not() if iso else None
+        self._isolation_asked = bool(iso and iso.asked)
         if self._isolation_off:
             settings.isolation = None
         self.limiter = limiter or limits_mod.choose()
@@ -112,6 +112,8 @@ class Supervisor:
         #: _serve_subscriptions); cleared once the events socket's queue is empty.
         self._subs_unaligned = False
         self._refusals_logged: set[tuple[str, bytes]] = set()
+        #: Serials that make each controller's events connection a User-Id of its own.
+        self._connections = itertools.count(1)
         self._etcd: list[Any] = []
         #: Each etcd namespace (as configured) and the state that keeps it.
         self._etcd_namespaces: dict[str, Any] = {}
@@ -147,10 +149,7 @@ class Supervisor:
         self.status = StatusWriter(self.state, mechanism=self.limiter.mechanism)
         if self._isolation_off:
             self.status.isolation_off = self._isolation_off
-            log.warning("isolation: %s", self._isolation_off)
-        elif self.settings.isolation is not None and not reachable_by_others(Path(sys.prefix)):
-            log.warning("isolation: %s is not readable by other users, so a controller running as its own "
-                        "user can import only what the zygote preloaded (install into /opt or /usr)", sys.prefix)
+            log.log(logging.WARNING if self._isolation_asked else logging.INFO, "isolation: %s", self._isolation_off)
         self.supervision = Supervision(self.settings, self.registry, self.status, self.limiter)
         self.api = Api(self.state, self, admin_token=self.admin_token)
         if self.metrics is not None:
@@ -214,8 +213,11 @@ class Supervisor:
         self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
         iso = self.settings.isolation
         group = iso.group if iso is not None else self.settings.access_group
+        self._socket_group = group
         if group is not None:  # controllers under their own uids reach the sockets through it
             _share_with_group(rd, group)
+        if iso is not None:
+            iso.open_runtime_dir(rd)
         self.remote_router: "zmq.Socket[bytes] | None" = None
         self.remote_pub: "zmq.Socket[bytes] | None" = None
         if self.settings.remote is not None:
@@ -316,7 +318,8 @@ class Supervisor:
                 return None, f"controller {own.name} has not registered"
             if not admin and username not in (wire.events_credentials(""), own.token.encode()):
                 return None, f"controller {own.name} presented a token that is not its own"
-            return CONTROLLER_ID + own.token, ""
+            # One User-Id per connection: its unsubscriptions say which it was (see revocation).
+            return f"{CONTROLLER_ID}{own.token}/{next(self._connections)}", ""
         if admin:
             return ADMIN_ID, ""
         if username == wire.events_credentials(""):
@@ -332,7 +335,7 @@ class Supervisor:
         if identity == ADMIN_ID:
             return ADMIN
         if identity.startswith(CONTROLLER_ID):
-            return self.supervision.caller(identity[len(CONTROLLER_ID):])
+            return self.supervision.caller(identity[len(CONTROLLER_ID):].partition("/")[0])
         return None
 
     def _serve_subscriptions(self, budget: int = 256) -> None:
@@ -345,6 +348,10 @@ class Supervisor:
         has been seen empty again, which connection a subscription would
         apply to is unknown, so none is applied then; the subscriber's probe
         does not come back and it subscribes again.
+
+        A controller's grants and unsubscriptions are recorded per connection
+        (its User-Id), so that a subscription revoked when its inputs shrink
+        is known to be gone from all its connections (see :mod:`revocation`).
         """
         for _ in range(budget):
             try:
@@ -361,23 +368,28 @@ class Supervisor:
             if self._subs_unaligned:
                 log.debug("subscription change to %r dropped while subscriptions are unaligned", topic)
                 continue
+            try:
+                identity = str(frame.get("User-Id"))
+            except zmq.ZMQError:  # the ending of a connection: no metadata
+                identity = ""
+            token = identity[len(CONTROLLER_ID):].partition("/")[0] if identity.startswith(CONTROLLER_ID) else ""
             if data[0] == 0:
                 # From the connection itself, or its ending (then it applies to nothing).
                 self.pub.setsockopt(zmq.UNSUBSCRIBE, topic)
+                if token:
+                    self.supervision.grants.released(token, identity, topic)
                 continue
-            try:
-                identity = str(frame.get("User-Id"))
-            except zmq.ZMQError:
-                identity = ""
             caller = self._subscriber(identity)
             try:
                 if caller is None:
                     raise AccessDeniedError("its token is no longer valid")
                 access.check_subscribe(caller, topic)
             except AccessDeniedError as exc:
-                self._log_refusal((identity, topic), "refused an events subscription: %s", exc)
+                self._log_refusal((token or identity, topic), "refused an events subscription: %s", exc)
                 continue
             self.pub.setsockopt(zmq.SUBSCRIBE, topic)
+            if token:
+                self.supervision.grants.granted(token, identity, topic)
 
     def _log_refusal(self, key: tuple[str, bytes], message: str, *args: Any) -> None:
         """Log a refusal once as a warning, its repetitions at debug level."""
@@ -591,7 +603,23 @@ class Supervisor:
                 self.supervision.stop_all()
             elif sig == signal.SIGHUP and not self.supervision.stopping:
                 log.info("reloading on SIGHUP")
+                self._reshare_runtime_dir()
                 self._start_scan()
+
+    def _reshare_runtime_dir(self) -> None:
+        """Give the runtime folder back to the socket group if it lost it.
+        systemd sets up RuntimeDirectory= again for every command of the unit,
+        ExecReload's ``kill -HUP`` included: it finds the folder's group is
+        not root's and chowns the whole tree to root, and a controller started
+        by the reload could no longer reach the sockets."""
+        group, rd = self._socket_group, self.settings.runtime_dir
+        try:
+            if group is None or os.stat(rd).st_gid == group:
+                return
+            log.info("the runtime folder lost its group (systemd resets it on reload): giving it back to %d", group)
+            _share_with_group(rd, group)
+        except (OSError, InvalidRequestError) as exc:
+            log.error("cannot give the runtime folder back to group %d: %s", group, exc)
 
     def _serve_requests(self, budget: int = 256) -> None:
         """Answer up to ``budget`` queued requests, then let the loop breathe."""

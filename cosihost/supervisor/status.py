@@ -100,7 +100,7 @@ class StatusWriter:
     def isolation(self, slot: Slot) -> dict[str, Any]:
         """The user a controller runs as, or why it runs as the supervisor's."""
         if slot.identity is not None:
-            return {"uid": slot.identity["uid"], "gid": slot.identity["gid"],
+            return {"mode": "dynamic-user", "uid": slot.identity["uid"], "gid": slot.identity["gid"],
                     "groups": list(slot.identity["groups"]), "no_new_privs": True,
                     "capabilities": list(slot.identity.get("capabilities") or [])}
         return {"mode": "none", "reason": self.isolation_off}

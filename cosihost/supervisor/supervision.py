@@ -20,14 +20,17 @@ from typing import Any, Callable
 
 from ..errors import AccessDeniedError, InvalidRequestError
 from ..settings import Settings
+from .. import wire
 from ..wire import Reply
 from . import processes
 from .access import Caller
 from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
 from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
-from ..worker.identity import become
+from ..worker.identity import IDENTITY_FAILED_EXIT
 from . import orphans, ratelimit
 from .registry import Declaration, Registry
+from .revocation import Grants
+from .access import check_subscribe
 from .status import StatusWriter
 from .zygote import Zygote
 
@@ -68,6 +71,8 @@ class Supervision:
         #: what stood in its way is gone.
         self.refused: dict[str, Refusal] = {}
         self.tokens: dict[str, str] = {}
+        #: Event subscriptions granted to controllers, and those revoked.
+        self.grants = Grants()
         self.stopping = False
         self._next_refresh = 0.0
         self.zygote: Zygote | None = None
@@ -249,8 +254,9 @@ class Supervision:
         assert slot.decl is not None
         limits, _bucket = ratelimit.split(slot.name, {**slot.decl.limits, **self.settings.limits.get(slot.name, {})})
         slot.placement = self.limiter.prepare(slot.name, limits)
-        config = processes.worker_config(slot, runtime_dir=self.settings.runtime_dir, timing=self.timing)
         iso = self.settings.isolation
+        runtime_dir = iso.reach(self.settings.runtime_dir) if iso is not None else self.settings.runtime_dir
+        config = processes.worker_config(slot, runtime_dir=runtime_dir, timing=self.timing)
         slot.identity = iso.assign(slot.name, slot.decl.capabilities) if iso is not None else None
         setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
@@ -261,8 +267,10 @@ class Supervision:
             except OSError as exc:
                 log.warning("zygote spawn of %s failed (%s); starting it cold", slot.name, exc)
         if proc is None:
-            proc = processes.spawn_cold(config, preexec=_then_become(self.limiter.preexec(slot.placement),
-                                                                      slot.identity))
+            # The identity is taken after exec, in the worker: the interpreter
+            # may live where the controller's user cannot reach.
+            proc = processes.spawn_cold({**config, "identity": slot.identity},
+                                        preexec=self.limiter.preexec(slot.placement), pass_fds=self._pass_fds())
         processes.started(slot, proc)
         self.limiter.place(slot.placement, slot.pid)
 
@@ -284,8 +292,12 @@ class Supervision:
         if self.zygote is None or not self.zygote.alive():
             if self.zygote is not None:
                 self.zygote.close()
-            self.zygote = Zygote()
+            self.zygote = Zygote(pass_fds=self._pass_fds())
         return self.zygote
+
+    def _pass_fds(self) -> tuple[int, ...]:
+        """What every controller process inherits: the runtime folder's descriptor under isolation."""
+        return self.settings.isolation.pass_fds if self.settings.isolation is not None else ()
 
     def reap(self) -> None:
         """Judge every process that has exited since the last look."""
@@ -305,6 +317,8 @@ class Supervision:
             reason = "memory limit"
         elif code == PLACEMENT_FAILED_EXIT:
             reason = "could not enter its limits"
+        elif code == IDENTITY_FAILED_EXIT and slot.identity is not None:
+            reason = "could not take its identity (user, capabilities)"
         else:
             reason = processes.describe_exit(code)
         slot.last_exit = {
@@ -315,6 +329,7 @@ class Supervision:
         if slot.placement is not None:
             self.limiter.release(slot.placement)
         self.tokens.pop(slot.token, None)
+        self.grants.forget(slot.token)
         log.log(logging.INFO if slot.kill_reason else logging.WARNING,
                 "%s (pid %d) ended: %s", slot.name, slot.pid, reason)
         slot.proc, slot.token = None, ""
@@ -349,6 +364,9 @@ class Supervision:
                     now - slot.last_seen > self.timing.hung_after:
                 log.error("%s stopped answering for %.0f s: killing it", slot.name, now - slot.last_seen)
                 processes.kill(slot, reason="hung")
+        revoke_at = self._enforce_revocations(now)
+        if revoke_at is not None:
+            wake = min(wake, revoke_at)
         self.refresh()
         return max(0.0, min(wake, self._next_refresh) - now)
 
@@ -439,6 +457,39 @@ class Supervision:
         if decl.inputs != slot.decl.inputs:
             slot.decl.inputs = decl.inputs
             self.status.update(slot)
+            self._revoke(caller)
+
+    def _revoke(self, caller: Caller) -> None:
+        """The kinds the controller may no longer read: further subscriptions
+        are refused (the read rule sees the new inputs); those it holds must be
+        given up within ``revoke_within`` seconds (see :mod:`revocation`)."""
+        slot = self.slots[caller.name]
+
+        def allowed(topic: bytes) -> bool:
+            try:
+                check_subscribe(caller, topic)
+            except AccessDeniedError:
+                return False
+            return True
+
+        for topic in self.grants.shrink(slot.token, allowed, within=self.timing.revoke_within):
+            log.info("%s must unsubscribe from %r within %g s: its inputs no longer name it",
+                     slot.name, topic, self.timing.revoke_within)
+
+    def _enforce_revocations(self, now: float) -> float | None:
+        """Restart every controller that kept a revoked subscription past its
+        deadline; returns when the next deadline is due."""
+        for revocation in self.grants.overdue(now):
+            name = self.tokens.get(revocation.token)
+            slot = self.slots.get(name) if name else None
+            if slot is None or not slot.alive():
+                continue
+            namespace, type = wire.parse_topic(revocation.topic)  # only kinds' topics are granted
+            kind = f"{namespace}/{type}"
+            reason = f"kept its subscription to {kind} after its inputs shrank"
+            log.error("%s %s: restarting it", slot.name, reason)
+            processes.kill(slot, reason=reason)
+        return self.grants.next_deadline()
 
     # -- requests from people --------------------------------------------------
     def restart(self, name: str, respond: Respond | None) -> None:
@@ -479,17 +530,4 @@ class Supervision:
         if self.module_errors:
             text += f", {len(self.module_errors)} module(s) failed"
         return text
-
-
-def _then_become(preexec: Callable[[], None] | None,
-                 identity: dict[str, Any] | None) -> Callable[[], None] | None:
-    """A cold start's preexec: its placement, then its user (placing needs root)."""
-    if identity is None:
-        return preexec
-
-    def child() -> None:
-        if preexec is not None:
-            preexec()
-        become(identity)
-    return child
 

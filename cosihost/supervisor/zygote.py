@@ -55,12 +55,14 @@ class ZygoteProc:
 
 
 class Zygote:
-    def __init__(self) -> None:
+    def __init__(self, *, pass_fds: tuple[int, ...] = ()) -> None:
+        """``pass_fds``: descriptors every controller process inherits (the
+        runtime folder's, see :meth:`identity.Isolation.open_runtime_dir`)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cosihost.worker", "zygote", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+            pass_fds=[theirs.fileno(), *pass_fds], stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         self.children: dict[int, ZygoteProc] = {}
         self._next_id = 0

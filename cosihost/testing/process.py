@@ -63,6 +63,9 @@ class SupervisorProcess:
                  bundled: bool = False, wrapper: list[str] | None = None) -> None:
         # Short paths: ipc socket paths must fit in sun_path (108 bytes).
         self.base = Path(tempfile.mkdtemp(prefix="ch-", dir=base))
+        # Like /run: controllers under users of their own (isolation, as root)
+        # pass through to the runtime folder, which guards itself (0750).
+        os.chmod(self.base, 0o755)
         self.runtime_dir = self.base / "run"
         self.state_dir = self.base / "state"
         self.controllers_dir = self.base / "controllers"

@@ -40,7 +40,10 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def load_module(path: str) -> ModuleType:
+def load_module(path: str, source: bytes | None = None) -> ModuleType:
+    """Import the controller module at ``path``; from ``source`` when given
+    (the supervisor sends it: under its own user a controller may not be
+    able to read the folder the module lives in)."""
     file = Path(path)
     folder = str(file.resolve().parent)
     if folder not in sys.path:  # helper modules (``_common.py``) beside controllers import plainly
@@ -51,7 +54,10 @@ def load_module(path: str) -> ModuleType:
         raise ImportError(f"{file} is not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    if source is None:
+        spec.loader.exec_module(module)
+    else:
+        exec(compile(source, str(file), "exec"), module.__dict__)
     return module
 
 
@@ -83,6 +89,10 @@ def run() -> int:
     """A cold start: settings (with the secret) arrive on stdin."""
     config = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     sys.stdin.close()
+    identity = config.pop("identity", None)
+    if identity:  # after exec: the interpreter may live where the controller's user cannot reach
+        from .identity import take_or_exit
+        take_or_exit(identity, module=config["module"])
     return run_config(config)
 
 
@@ -97,7 +107,7 @@ def run_config(config: dict[str, Any]) -> int:
     except ImportError:
         pass
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    module = load_module(config["module"])
+    module = load_module(config["module"], config.get("source"))
     classes = {c.__name__: c for c in controllers_of(module)}
     cls = classes.get(config["class"])
     if cls is None:

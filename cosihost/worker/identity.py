@@ -10,18 +10,30 @@ admin token and the state database, to signal or trace the supervisor and
 the other controllers, and to write anywhere. Under a uid of its own, with
 only the socket group as a supplementary group and ``no_new_privs`` set,
 the kernel holds those lines whatever the controller's code does.
+
+It is taken in the new process after exec (a cold start reads it with its
+settings) or after fork (a zygote child), never in a ``preexec_fn`` before
+exec: the interpreter may live where the controller's user cannot reach (a
+Python under a 0700 home). The folders of the import path are opened while
+still root, and those the new user cannot enter are reached through those
+descriptors afterwards (``/proc/self/fd/N``): it reads what any user of a
+usual installation reads, and no more, since the files' own modes apply.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from typing import Any
 
 PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 24, 38, 47
 PR_CAP_AMBIENT_RAISE = 2
 CAPABILITY_VERSION_3 = 0x20080522
 LAST_CAP = 40
+#: The exit code of a process that could not take its identity (it says why
+#: on stderr first); it never runs controller code as root.
+IDENTITY_FAILED_EXIT = 123
 
 
 class _Header(ctypes.Structure):
@@ -75,3 +87,58 @@ def _fail(what: str) -> None:
     errno = ctypes.get_errno()
     raise OSError(errno, f"{what} failed: {os.strerror(errno)}")
 
+
+
+def take_or_exit(identity: dict[str, Any], *, module: str = "") -> None:
+    """Become ``identity`` keeping the import path (and ``module``'s folder,
+    for helpers beside it) importable; exit with :data:`IDENTITY_FAILED_EXIT`
+    saying why if the kernel refuses any step."""
+    folder = os.path.dirname(os.path.abspath(module)) if module else ""
+    if folder and folder not in sys.path:
+        sys.path.append(folder)
+    handles = open_dirs(sys.path)
+    try:
+        become(identity)
+    except OSError as exc:
+        print(f"cosihost: cannot take the controller's identity: {exc}", file=sys.stderr, flush=True)
+        os._exit(IDENTITY_FAILED_EXIT)
+    reroute(handles)
+
+
+def open_dirs(paths: list[str]) -> dict[str, int]:
+    """Descriptors of the import path's folders, opened while still root."""
+    handles: dict[str, int] = {}
+    for path in paths:
+        if path and os.path.isabs(path) and path not in handles and os.path.isdir(path):
+            try:
+                handles[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                pass
+    return handles
+
+
+def reroute(handles: dict[str, int]) -> None:
+    """Name each import folder the new user cannot enter by its descriptor,
+    in ``sys.path`` and in the ``__path__`` of packages already imported
+    from it (their submodules load later); close the others."""
+    moved: dict[str, str] = {}
+    for path, fd in handles.items():
+        if os.access(path, os.R_OK | os.X_OK):
+            os.close(fd)
+        else:
+            moved[path] = f"/proc/self/fd/{fd}"
+    if not moved:
+        return
+
+    def rename(entry: str) -> str:
+        for old, new in moved.items():
+            if entry == old or entry.startswith(old + os.sep):
+                return new + entry[len(old):]
+        return entry
+
+    sys.path[:] = [rename(p) for p in sys.path]
+    for mod in list(sys.modules.values()):
+        paths = getattr(mod, "__path__", None)
+        if isinstance(paths, list):
+            paths[:] = [rename(p) if isinstance(p, str) else p for p in paths]
+    sys.path_importer_cache.clear()

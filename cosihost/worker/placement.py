@@ -12,11 +12,12 @@ import os
 import resource
 from typing import Any
 
-from .identity import become
+from .identity import take_or_exit
 
 
-def apply_setup(setup: dict[str, Any]) -> None:
-    """``{"procs": [cgroup.procs or tasks paths], "rlimits": {"RLIMIT_AS": [soft, hard]}}``."""
+def apply_setup(setup: dict[str, Any], *, module: str = "") -> None:
+    """``{"procs": [cgroup.procs or tasks paths], "rlimits": {"RLIMIT_AS": [soft, hard]},
+    "identity": {...}}``; ``module``: the controller's, whose folder stays importable."""
     for path in setup.get("procs", ()):
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -26,4 +27,4 @@ def apply_setup(setup: dict[str, Any]) -> None:
     for name, (soft, hard) in (setup.get("rlimits") or {}).items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if setup.get("identity"):  # last: placing needs root
-        become(setup["identity"])
+        take_or_exit(setup["identity"], module=module)

@@ -57,7 +57,7 @@ def _child(sock: socket.socket, wake_r: int, wake_w: int, config: dict[str, Any]
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote ignores it; a controller must not
         os.setsid()
-        apply_setup(setup)
+        apply_setup(setup, module=config["module"])  # before run_config: a change of user clears PDEATHSIG
         code = entry.run_config(dict(config, parent=os.getppid()))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -2,9 +2,9 @@
 
 Every subscriber here is a real process other than the test: a controller
 whose reconcile opens SUB sockets of its own (with its token, as anonymous,
-with the admin token), or a rogue ``python`` that knows nothing of cosihost
-and speaks the wire with pyzmq and msgpack (with no credentials, a stolen
-token, an expired one, or as an anonymous user).
+with the admin token, which the test hands it), or a rogue ``python`` that
+knows nothing of cosihost and speaks the wire with pyzmq and msgpack (with
+no credentials, a stolen token, an expired one, or as an anonymous user).
 
 "Receives nothing" is proven with a barrier, never a sleep: the subscriber
 subscribes to the forbidden topics first and then, on the same socket, to a
@@ -75,12 +75,11 @@ class Snoop(Controller):
                 pass
             rt.create(Resource("reports", "Reports.test.cosihost.dev", rid, snoop(rt, rid, order.spec)))
 
-def credentials(rt, name, runtime_dir):
+def credentials(rt, name, spec):
     if name == "own token":
         return rt._req.token
-    if name == "admin token":
-        with open(os.path.join(runtime_dir, "admin.token")) as fh:
-            return fh.read().strip()
+    if name == "admin token":  # handed over by the test: as its own user it cannot read admin.token
+        return spec["admin_token"]
     return "anonymous"
 
 def snoop(rt, rid, spec):
@@ -90,7 +89,7 @@ def snoop(rt, rid, spec):
     try:
         for name in spec["as"]:
             sock = socks[name] = ctx.socket(zmq.SUB)
-            user = credentials(rt, name, spec["runtime_dir"]).encode()
+            user = credentials(rt, name, spec).encode()
             sock.setsockopt(zmq.PLAIN_USERNAME, user)
             sock.setsockopt(zmq.PLAIN_PASSWORD, user)
             sock.connect(address)
@@ -235,7 +234,8 @@ def publish_forbidden_then_barrier(user, barrier_id: str) -> None:
 def snoop(sup, user, admin, rid: str, credentials: list[str]) -> dict[str, Any]:
     admin.create(Resource("orders", ORDERS, rid, {
         "as": credentials, "topics": FORBIDDEN + [ALLOWED[1]], "barrier": BARRIER,
-        "barrier_id": rid, "runtime_dir": str(sup.runtime_dir)}))
+        "barrier_id": rid, "runtime_dir": str(sup.runtime_dir),
+        "admin_token": (sup.runtime_dir / "admin.token").read_text().strip()}))
 
     def live() -> bool:
         failed = get_or_none(user, "reports", REPORTS, rid)

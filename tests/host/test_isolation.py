@@ -6,11 +6,14 @@ under their own uids. Root only: only root can hand out uids."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
 
-from cosihost import Resource
+from cosihost import Resource, wire
 from cosihost.testing import wait_for
 
 from test_supervision import FAST, RELAY
@@ -64,17 +67,10 @@ class Rogue(Controller):
 '''
 
 
-def _open_up(sup) -> None:
-    """The test's own folders are root's 0700: let controllers of other uids in."""
-    os.chmod(sup.base, 0o711)
-    os.chmod(sup.controllers_dir, 0o755)
-
-
 def test_a_rogue_controller_cannot_touch_what_is_not_its_own(supervisor_factory) -> None:
     sup = supervisor_factory(config=ISOLATED, start=False, controllers={"relay": RELAY})
     sup.write_controller("rogue", ROGUE.format(targets=TARGETS, attempts=ATTEMPTS, rd=sup.runtime_dir,
                                                sd=sup.state_dir))
-    _open_up(sup)
     sup.start()
     other = sup.controller_pid("test.Relay")
     with sup.client() as c:
@@ -92,7 +88,6 @@ def test_a_rogue_controller_cannot_touch_what_is_not_its_own(supervisor_factory)
 
 def test_the_bundled_controllers_work_under_their_own_uids(supervisor_factory) -> None:
     sup = supervisor_factory(config=ISOLATED, start=False, bundled=True, controllers={})
-    _open_up(sup)
     sup.start()
     names = set(psutil.net_if_stats())
     with sup.client() as c:
@@ -132,7 +127,6 @@ def test_a_controller_keeps_exactly_the_capabilities_it_declares(supervisor_fact
     modules = {"admin": PROBE.format(cls="NetAdmin", caps=CAPS, caps_list='["CAP_NET_ADMIN"]'),
                "plain": PROBE.format(cls="Plain", caps=CAPS, caps_list="[]")}
     sup = supervisor_factory(config=ISOLATED, start=False, controllers=modules)
-    _open_up(sup)
     sup.start()
     with sup.client() as c:
         admin = wait_for(lambda: [r.spec for r in c.list("caps", CAPS + "NetAdmin")], message="NetAdmin")[0]
@@ -150,9 +144,79 @@ def test_a_denied_capability_refuses_only_that_controller(supervisor_factory) ->
                "typo": PROBE.format(cls="Typo", caps=CAPS, caps_list='["CAP_NET_WIZARD"]')}
     config = ISOLATED.replace("enabled = true", 'enabled = true\ndeny = ["CAP_SYS_ADMIN"]')
     sup = supervisor_factory(config=config, start=False, controllers=modules)
-    _open_up(sup)
     sup.start()
     statuses = sup.statuses()
     assert "CAP_SYS_ADMIN, which [isolation] deny refuses" in statuses["test.Wants"]["reason"]
     assert "unknown capability 'CAP_NET_WIZARD'" in statuses["test.Typo"]["reason"]
     assert statuses["test.Plain"]["state"] == "running"
+
+
+IMPORTS = "Imports.test.cosihost.dev"
+IMPORTER = '''
+import os
+from cosihost import Controller, Output
+
+class {cls}(Controller):
+    name = "test.{cls}"
+    outputs = [Output("{imports}{cls}")]
+
+    def reconcile(self, rt):
+        import colorsys, xml.dom.minidom  # first imported here, long after the process took its user
+        rt.modify("imports", "{imports}{cls}", "x", lambda s: s.update(uid=os.getuid(), loaded=xml.dom.minidom.__name__))
+'''
+
+
+def _imported(sup, cls: str) -> dict:
+    with sup.client() as c:
+        return wait_for(lambda: [r.spec for r in c.list("imports", IMPORTS + cls)], message=f"{cls}'s report")[0]
+
+
+@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "cold"])
+def test_isolation_is_on_by_default_and_controllers_import_wherever_python_lives(supervisor_factory, zygote) -> None:
+    """No [isolation] table: as root every controller runs as its own user.
+    It takes its user after exec (cold) or fork (zygote), so the interpreter
+    may live below a folder that user cannot enter (pyenv under a 0700
+    /root); what it imports afterwards comes through descriptors opened
+    while it was root."""
+    config = FAST + f"zygote = {str(zygote).lower()}\n"
+    sup = supervisor_factory(config=config, controllers={"importer": IMPORTER.format(cls="Importer", imports=IMPORTS)})
+    spec = _imported(sup, "Importer")
+    status = sup.statuses()["test.Importer"]
+    assert spec == {"uid": status["isolation"]["uid"], "loaded": "xml.dom.minidom"}, (spec, sys.prefix)
+    assert spec["uid"] >= 3_000_000 and status["restarts"] == 0 and status["last_exit"] is None
+    assert status["isolation"]["mode"] == "dynamic-user" and status["isolation"]["no_new_privs"] is True
+    assert _wide_row(sup, "test.Importer")[-2:] == ["uid", str(spec["uid"])]
+
+
+def _wide_row(sup, name: str) -> list[str]:
+    """``cosihost controllers -o wide``: the controller's row, split."""
+    out = subprocess.run([sys.executable, "-m", "cosihost", "controllers", "-o", "wide",
+                          "--runtime-dir", str(sup.runtime_dir)], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "ISOLATION", lines[0]
+    return next(line.split() for line in lines if line.startswith(name + " "))
+
+
+def test_isolation_turned_off_says_so(supervisor_factory) -> None:
+    config = FAST + "\n[isolation]\nenabled = false\n"
+    sup = supervisor_factory(config=config, controllers={"importer": IMPORTER.format(cls="Importer", imports=IMPORTS)})
+    assert _imported(sup, "Importer")["uid"] == 0
+    assert sup.statuses()["test.Importer"]["isolation"] == {"mode": "none", "reason": "[isolation] enabled = false"}
+    assert _wide_row(sup, "test.Importer")[-1] == "none"
+
+
+def test_a_reload_gives_the_runtime_folder_back_to_the_socket_group(supervisor_factory) -> None:
+    """systemd sets RuntimeDirectory= up again for ExecReload (``kill -HUP``)
+    and, finding the folder's group is not root's, chowns the whole tree to
+    root: as it does, then SIGHUP. A controller the reload starts must reach
+    the sockets."""
+    sup = supervisor_factory(config=FAST, controllers={"first": IMPORTER.format(cls="First", imports=IMPORTS)})
+    group = os.stat(sup.runtime_dir).st_gid
+    assert group != 0
+    for name in ("", wire.API_SOCKET, wire.EVENTS_SOCKET):
+        os.chown(sup.runtime_dir / name, 0, 0)
+    sup.write_controller("second", IMPORTER.format(cls="Second", imports=IMPORTS))
+    os.kill(sup.pid, signal.SIGHUP)
+    assert _imported(sup, "Second")["uid"] >= 3_000_000
+    assert sup.wait_status("test.Second", lambda s: s["state"] == "running")["restarts"] == 0
+    assert {os.stat(sup.runtime_dir / name).st_gid for name in ("", wire.API_SOCKET, wire.EVENTS_SOCKET)} == {group}

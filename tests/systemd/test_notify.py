@@ -47,11 +47,12 @@ def _env(sock, watchdog_usec: int | None = None, **more: str) -> dict[str, str]:
 
 
 def test_ready_waits_for_every_first_reconcile_and_comes_from_the_main_pid(
-        notify_socket, supervisor_factory, plain_controller, tmp_path):
-    gate = tmp_path / "gate"
+        notify_socket, supervisor_factory, plain_controller):
     sup = supervisor_factory(start=False, env=_env(notify_socket, 400_000),
-                             controllers={"gated": GATED.format(gate=str(gate)),
-                                          "plain": plain_controller("Plain")})
+                             controllers={"plain": plain_controller("Plain")})
+    # In the supervisor's folder, not tmp_path (0700): the controller may run as a user of its own.
+    gate = sup.base / "gate"
+    sup.write_controller("gated", GATED.format(gate=str(gate)))
     sup.start(wait=False)
     # The loop runs (and pings) long before it is ready; no READY while a
     # first reconcile is still going.
