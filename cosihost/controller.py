@@ -106,6 +106,9 @@ class Controller:
     #: Linux capabilities it needs, e.g. ["CAP_NET_ADMIN"]: kept when it runs
     #: as its own user ([isolation]); every other one is dropped.
     capabilities: ClassVar[list[str]] = []
+    #: The user it runs as under [isolation] (a passwd account, e.g. "daemon");
+    #: "" for a uid of its own. The config may name another.
+    user: ClassVar[str] = ""
     definitions: ClassVar[list[ResourceDefinition]] = []
 
     def reconcile(self, rt: Runtime) -> None | Awaitable[None]:
@@ -128,5 +131,6 @@ class Controller:
             "outputs": [o.to_wire() for o in cls.outputs],
             "limits": dict(cls.limits),
             "capabilities": list(cls.capabilities),
+            "user": cls.user,
             "definitions": [d.to_spec() for d in cls.definitions],
         }

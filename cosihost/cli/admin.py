@@ -49,14 +49,19 @@ def controller_row(res: Resource, *, wide: bool = False) -> list[str]:
 
 
 def isolation_cell(isolation: object) -> str:
-    """``uid N`` (with the capabilities it keeps), or ``none`` when the
-    controller runs as the supervisor's user."""
+    """``uid N`` (a dynamic user) or ``NAME (uid N)`` (a named one; ``NAME
+    (uid N, shared)`` when the config runs other controllers as it too), with
+    the capabilities it keeps; ``none`` when the controller runs as the
+    supervisor's user."""
     if not isinstance(isolation, dict):
         return ""
     if "uid" not in isolation:
         return "none"
     caps = isolation.get("capabilities") or []
-    return f"uid {isolation['uid']}" + (f" +{','.join(map(str, caps))}" if caps else "")
+    shared = ", shared" if isolation.get("shared_with") else ""
+    uid = f"uid {isolation['uid']}"
+    who = f"{isolation['user']} ({uid}{shared})" if isolation.get("user") else uid
+    return who + (f" +{','.join(map(str, caps))}" if caps else "")
 
 
 @click.command()

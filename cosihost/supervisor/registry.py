@@ -31,6 +31,8 @@ class Declaration:
     queue: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: The Linux capabilities it keeps when it runs as its own user.
     capabilities: list[str] = dataclasses.field(default_factory=list)
+    #: The user it asks to run as (a passwd account); "": a dynamic uid.
+    user: str = ""
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, source: str = "") -> "Declaration":
@@ -43,7 +45,10 @@ class Declaration:
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"declaration of {data.get('name')!r}: {exc}") from None
         caps = capabilities.checked(data.get("capabilities") or [], who=str(data.get("name")))
-        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions, queue, caps)
+        user = data.get("user", "")
+        if not isinstance(user, str):
+            raise InvalidRequestError(f"declaration of {data.get('name')!r}: user must be a user name, not {user!r}")
+        decl = cls(data.get("name", ""), inputs, outputs, source, limits, definitions, queue, caps, user.strip())
         decl.check()
         return decl
 

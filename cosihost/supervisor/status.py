@@ -98,12 +98,17 @@ class StatusWriter:
         }
 
     def isolation(self, slot: Slot) -> dict[str, Any]:
-        """The user a controller runs as, or why it runs as the supervisor's."""
-        if slot.identity is not None:
-            return {"mode": "dynamic-user", "uid": slot.identity["uid"], "gid": slot.identity["gid"],
-                    "groups": list(slot.identity["groups"]), "no_new_privs": True,
-                    "capabilities": list(slot.identity.get("capabilities") or [])}
-        return {"mode": "none", "reason": self.isolation_off}
+        """The user a controller runs as, or why it runs as the supervisor's:
+        mode ``user`` (a named account, with the other controllers the config
+        runs as it in ``shared_with``) or ``dynamic-user`` (a uid of its own)."""
+        ident = slot.identity
+        if ident is None:
+            return {"mode": "none", "reason": self.isolation_off}
+        named = ({"user": ident["user"], "shared_with": list(ident.get("shared_with") or [])}
+                 if ident.get("user") else {})
+        return {"mode": "user" if named else "dynamic-user", **named, "uid": ident["uid"], "gid": ident["gid"],
+                "groups": list(ident["groups"]), "no_new_privs": True,
+                "capabilities": list(ident.get("capabilities") or [])}
 
     def throttled(self, name: str) -> int:
         """Writes of ``name`` refused for its write rate limit (set by supervision)."""

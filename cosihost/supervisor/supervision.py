@@ -150,7 +150,8 @@ class Supervision:
             limits, bucket = ratelimit.split(name, {**decl.limits, **self.settings.limits.get(name, {})})
             parse_limits(name, limits)
             iso = self.settings.isolation
-            denied = iso.refusal(name, decl.capabilities) if iso is not None else None
+            others = [(n, s.decl) for n, s in self.slots.items() if s.decl is not None]
+            denied = iso.refusal(name, decl, others) if iso is not None else None
             if denied:
                 raise InvalidRequestError(denied)
             why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
@@ -257,7 +258,7 @@ class Supervision:
         iso = self.settings.isolation
         runtime_dir = iso.reach(self.settings.runtime_dir) if iso is not None else self.settings.runtime_dir
         config = processes.worker_config(slot, runtime_dir=runtime_dir, timing=self.timing)
-        slot.identity = iso.assign(slot.name, slot.decl.capabilities) if iso is not None else None
+        slot.identity = iso.assign(slot.name, slot.decl) if iso is not None else None
         setup = {**slot.placement.setup, "identity": slot.identity}
         proc: Any = None  # a zygote child, or a Popen
         zygote = self._zygote()
