@@ -4,8 +4,10 @@ A controller that changes the device (brings a link up, sets the clock,
 renames the host) needs one or two of root's powers, not all of them.
 With ``[isolation]`` it runs as a user of its own and keeps exactly the
 capabilities it declares, ``capabilities = ["CAP_NET_ADMIN"]``, in its
-permitted, effective, ambient and bounding sets; the config may refuse
-some (``[isolation] deny``). The numbers are the kernel's (linux/capability.h).
+permitted, effective, ambient and bounding sets, plus those the config
+grants it (``[isolation.controllers."NAME"] grant``); the config may refuse
+some (``[isolation] deny``, or that table's ``deny``). The numbers are the
+kernel's (linux/capability.h).
 """
 
 from __future__ import annotations

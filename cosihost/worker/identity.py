@@ -1,6 +1,7 @@
 """Becoming a controller's own user, in the new process, before its code runs.
 
-It keeps exactly the capabilities its controller declared: every other one
+It keeps exactly the capabilities its controller declared (and the config
+granted; see cosihost.supervisor.identity): every other one
 leaves the bounding set while the process is still root, the declared ones
 survive the uid change (keep-caps) and are set permitted, effective,
 inheritable and ambient, so a tool it runs (``ip``) has them too.
@@ -9,7 +10,9 @@ Run as root, every controller would otherwise be root too: able to read the
 admin token and the state database, to signal or trace the supervisor and
 the other controllers, and to write anywhere. Under a uid of its own, with
 only the socket group as a supplementary group and ``no_new_privs`` set,
-the kernel holds those lines whatever the controller's code does.
+the kernel holds those lines whatever the controller's code does. A named
+user (``user = "daemon"``) is taken the same way, with its account's uid and
+primary gid.
 
 It is taken in the new process after exec (a cold start reads it with its
 settings) or after fork (a zygote child), never in a ``preexec_fn`` before
