@@ -110,7 +110,8 @@ def test_a_user_that_is_missing_root_or_among_the_dynamic_uids_is_refused(tmp_pa
     iso = _iso(tmp_path, '[isolation.controllers."a.X"]\nuser = "no-such-user-cosihost"\n')
     assert iso.refusal("a.X", _decl("a.X")) == \
         """a.X: user 'no-such-user-cosihost' (from [isolation.controllers."a.X"] user) does not exist"""
-    assert "user 'root' (from its declaration) is root" in str(iso.refusal("b.Y", _decl("b.Y", user="root")))
+    root = str(iso.refusal("b.Y", _decl("b.Y", user="root")))
+    assert "user 'root' (from its declaration) is root or in root's group" in root
     around = _iso(tmp_path, f"uids = [{account.pw_uid}, {account.pw_uid + 10}]\n")
     assert f"has uid {account.pw_uid}, inside [isolation] uids" in str(
         around.refusal("b.Y", _decl("b.Y", user=account.pw_name)))
@@ -137,3 +138,10 @@ def test_a_declared_user_must_be_a_name(tmp_path: Path) -> None:
         Declaration.from_wire({"name": "a.X", "user": 0})
     with pytest.raises(InvalidRequestError, match="user must be a user name"):
         Declaration.from_wire({"name": "a.X", "user": None})
+
+
+def test_a_table_that_names_no_controller_is_reported_once(tmp_path: Path) -> None:
+    iso = _iso(tmp_path, '[isolation.controllers."a.X"]\ndeny = ["CAP_BPF"]\n'
+                         '[isolation.controllers."a.Typo"]\ndeny = ["CAP_BPF"]\n')
+    assert iso.unknown_tables(["a.X", "b.Y"]) == ["a.Typo"]
+    assert iso.unknown_tables(["a.X"]) == []

@@ -85,6 +85,8 @@ class Isolation:
     deny: list[str] = dataclasses.field(default_factory=list)
     #: ``[isolation.controllers."NAME"]``, by controller name.
     controllers: dict[str, ControllerPolicy] = dataclasses.field(default_factory=dict)
+    #: Controller names of the tables above that named no controller, said once.
+    unmatched: set[str] = dataclasses.field(default_factory=set)
     #: ``enabled = true`` (not "auto"): a supervisor that cannot isolate warns.
     asked: bool = False
     #: The runtime folder, opened by the supervisor (-1: not yet).
@@ -117,6 +119,14 @@ class Isolation:
     def why_not(self) -> str | None:
         """Why controllers cannot run as their own users here, or None."""
         return None if os.geteuid() == 0 else "the supervisor is not root: controllers run as its user"
+
+    def unknown_tables(self, names: Iterable[str]) -> list[str]:
+        """The ``[isolation.controllers."NAME"]`` tables that name none of
+        ``names`` (the controllers a scan found), each reported once: a typo
+        there would silently leave a controller what the table denies it."""
+        found = sorted(set(self.controllers) - set(names) - self.unmatched)
+        self.unmatched.update(found)
+        return found
 
     # -- one controller's policy -------------------------------------------------
     def policy(self, name: str) -> ControllerPolicy:
@@ -155,9 +165,10 @@ class Isolation:
             entry = pwd.getpwnam(account)
         except KeyError:
             raise InvalidRequestError(f"{name}: user {account!r} (from {origin}) does not exist") from None
-        if entry.pw_uid == 0:
-            raise InvalidRequestError(f"{name}: user {account!r} (from {origin}) is root; a controller runs "
-                                      "as root only with [isolation] enabled = false")
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise InvalidRequestError(f"{name}: user {account!r} (from {origin}) is root or in root's group "
+                                      "(uid or gid 0); a controller runs as root only with [isolation] "
+                                      "enabled = false")
         if self.first <= entry.pw_uid <= self.last:
             raise InvalidRequestError(f"{name}: user {account!r} (from {origin}) has uid {entry.pw_uid}, "
                                       f"inside [isolation] uids {[self.first, self.last]}, which are the "

@@ -108,6 +108,10 @@ class Supervision:
             for data in result.declarations:
                 self._admit(result, data, summary)
         self._admit_refused(summary, probed={r.module for r in results})
+        if self.settings.isolation is not None:
+            seen = [*self.slots, *(str(r.data.get("name")) for r in self.refused.values())]
+            for name in self.settings.isolation.unknown_tables(seen):
+                log.warning('config: [isolation.controllers."%s"] names no controller', name)
         return {**summary, **self.standing()}
 
     def standing(self) -> dict[str, Any]:

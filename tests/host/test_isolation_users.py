@@ -104,15 +104,16 @@ def test_a_declared_user_is_not_shared_unless_the_config_says_so(supervisor_fact
     assert _proc_status(sup.controller_pid("test.Second"))["Uid"].split()[0] == str(account.pw_uid)
 
 
-def test_a_controller_table_grants_and_denies_capabilities(supervisor_factory) -> None:
+def test_a_controller_table_grants_and_denies_capabilities(supervisor_factory, capfd) -> None:
     """Granted declares nothing and its table grants CAP_NET_ADMIN; Excepted
     declares CAP_NET_RAW, which [isolation] deny lists and its table grants;
     Denied declares CAP_NET_ADMIN, which its table denies: refused, the
-    others run."""
+    others run. A table naming no controller (a typo) is logged."""
     modules = {"granted": _probe("Granted"), "excepted": _probe("Excepted", caps='["CAP_NET_RAW"]'),
                "denied": _probe("Denied", caps='["CAP_NET_ADMIN"]'), "plain": _probe("Plain")}
     config = _config({"Granted": 'grant = ["CAP_NET_ADMIN"]', "Excepted": 'grant = ["CAP_NET_RAW"]',
-                      "Denied": 'deny = ["CAP_NET_ADMIN"]'}, isolation='deny = ["CAP_NET_RAW"]\n')
+                      "Denied": 'deny = ["CAP_NET_ADMIN"]', "Grnated": 'deny = ["CAP_NET_ADMIN"]'},
+                     isolation='deny = ["CAP_NET_RAW"]\n')
     sup = supervisor_factory(config=config, controllers=modules)
     granted, _excepted, plain = (_reported(sup, cls) for cls in ("Granted", "Excepted", "Plain"))
     for cls, caps in (("Granted", NET_ADMIN), ("Excepted", NET_RAW), ("Plain", 0)):
@@ -124,3 +125,4 @@ def test_a_controller_table_grants_and_denies_capabilities(supervisor_factory) -
     assert statuses["test.Denied"]["state"] == "refused"
     assert statuses["test.Denied"]["reason"] == \
         'test.Denied declares CAP_NET_ADMIN, which [isolation.controllers."test.Denied"] deny refuses'
+    assert 'config: [isolation.controllers."test.Grnated"] names no controller' in capfd.readouterr().err
