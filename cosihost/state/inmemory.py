@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
-                        check_strings, pack, unpack, validated_copy)
+                        Received, check_strings, pack, unpack, validated_copy)
 from ..selectors import compile_id_regex, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, UPDATED, Event, History, Record,
                      Watch, decode, kind_translator, make_bookmark, meta_of, since_bookmark)
@@ -73,8 +73,9 @@ def _checked_finalizers(finalizers: Iterable[Any]) -> tuple[str, ...]:
 
 
 def _incoming(resource: Any, owner: Any, expected_phase: Any = None) -> Resource:
-    """A validated copy of a resource to write, once its arguments are checked."""
-    res = validated_copy(resource)
+    """A validated copy of a resource to write, once its arguments are checked
+    (one just decoded from a peer's blob is taken as it is: no second copy)."""
+    res = resource.take() if isinstance(resource, Received) else validated_copy(resource)
     _check_owner(owner)
     if expected_phase is not None:
         check_phase(expected_phase, field="expected_phase")
