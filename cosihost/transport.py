@@ -189,10 +189,6 @@ class Subscriber:
             self.rejected += 1
             return frames[0], None
 
-    def pending(self) -> bool:
-        """Whether a frame is ready to be read now."""
-        return bool(self._queued) or bool(int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
-
     def recv(self, timeout: float | None) -> tuple[bytes, wire.EventBatch] | None:
         """The next frame of events (topic, batch), or None on timeout. Probes
         and malformed frames are skipped."""

@@ -105,6 +105,7 @@ class Cache:
             self._on_change(namespace, type, "resync", wire.Change.of_blob("resync", kc.current(rid)))  # type: ignore[arg-type]
 
     def resync_all(self, why: str) -> None:
+        self.awaited.clear()  # numbers of another epoch: the snapshots are whole
         for namespace, type in list(self.kinds):
             self.resync(namespace, type, why)
 
