@@ -8,6 +8,7 @@ turn, and the Clone pattern's guarantees kept across them.
 - A frame that says another kind changed in the same turn keeps the cache
   incomplete until that kind has caught up (filled from history here).
 - A subscriber drops malformed frames and keeps receiving good ones.
+- A user's watch gets a transaction's changes of its kind in one frame.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def test_a_controller_never_reconciles_on_half_a_transaction_across_kinds(superv
         check = wait_for(done, timeout=60, message="the checker to see the last transaction")
     assert check["torn"] == 0, check
     assert check["rounds"] > 1
+
+
+def test_a_user_watch_receives_a_transaction_of_its_kind_whole(supervisor_factory) -> None:
+    sup = supervisor_factory(controllers={})
+    with sup.client() as writer, sup.client() as reader:
+        with reader.watch_kind("pairs", LEFT) as events:
+            with writer.transaction():
+                for n in range(10):
+                    writer.create(Resource("pairs", LEFT, f"r{n}", {"n": n}))
+            first = events.next(timeout=10)
+            assert first is not None and first.kind == "created"
+            rest = [events.next(timeout=0) for _ in range(9)]  # in the same frame: no waiting
+            assert [e.resource.metadata.id for e in [first, *rest] if e is not None] == [f"r{n}" for n in range(10)]
 
 
 @pytest.fixture
