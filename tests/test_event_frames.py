@@ -155,3 +155,32 @@ def test_fuzzed_bytes_are_decoded_or_refused(cut: int, flips: list[tuple[int, in
     except wire.WireError:
         return
     assert isinstance(msg, (wire.EventBatch, wire.ProbeMessage))
+
+
+def test_remote_events_go_out_by_whole_revisions() -> None:
+    """An etcd revision's events reach the loop together: those after the
+    last "revision done" wait for it (or for the next drain, at the latest)."""
+    from cosihost.supervisor.remote import RemoteWrites
+
+    wakes: list[int] = []
+    remote = RemoteWrites(lambda: wakes.append(1), workers=1)
+    try:
+        out: list[int] = []
+        publish = lambda ns, typ, record: out.append(record.seq)  # noqa: E731
+        remote.on_event("ns", TYPE, _record(1))
+        remote.on_event("ns", "Others.test.cosihost.dev", _record(1))
+        remote.on_changes_done()
+        remote.on_event("ns", TYPE, _record(2))  # a revision still being applied
+        remote.drain(publish)
+        assert out == [1, 1] and wakes == [1]
+        remote.on_event("ns", "Others.test.cosihost.dev", _record(2))
+        remote.on_changes_done()
+        remote.drain(publish)
+        assert out == [1, 1, 2, 2]
+        remote.on_event("ns", TYPE, _record(3))  # never said done: out at the drain after the next
+        remote.drain(publish)
+        assert out == [1, 1, 2, 2]
+        remote.drain(publish)
+        assert out == [1, 1, 2, 2, 3]
+    finally:
+        remote.close()

@@ -179,7 +179,7 @@ class Supervisor:
             # A device may boot before its network: etcd namespaces then answer
             # "not reached yet" while everything else runs, until etcd is up.
             st = EtcdState(config, namespaces=names, history=self.settings.history,
-                           on_event=self.remote.on_event, wait=False)
+                           on_event=self.remote.on_event, on_changes_done=self.remote.on_changes_done, wait=False)
             self._etcd.append(st)
             out.update(dict.fromkeys(names, st))
             self._etcd_namespaces.update(dict.fromkeys(names, st))

@@ -62,11 +62,16 @@ class Mirror(InMemoryState):
 
     def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
                  history: int = DEFAULT_HISTORY, on_event: EventHook | None = None,
+                 on_changes_done: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time, wait: bool = True) -> None:
         """Read the prefix, then follow it. With ``wait`` False an etcd that
         cannot be reached now is not an error: the mirror keeps trying in
-        the background and is :attr:`ready` once it has read the prefix."""
+        the background and is :attr:`ready` once it has read the prefix.
+        ``on_changes_done`` is called after each group of events that ends
+        on a whole revision (a watch response, a resync, acknowledged writes
+        applied), so a publisher can hold a revision's events together."""
         super().__init__(history=history, on_event=on_event, clock=clock)
+        self._on_changes_done = on_changes_done
         self.config = config
         self._namespaces = None if namespaces is None else frozenset(namespaces)
         self._conn = Connection(config)
@@ -181,6 +186,7 @@ class Mirror(InMemoryState):
                     self._apply(*names, ev.kv.value if ev.type == PUT else None, rev, partial=partial)
                 self._applied = rev
             self._drain_pending()
+            self._changes_done()
             self._applying.notify_all()
 
     def _settle(self, names: Names, blob: bytes | None, rev: int) -> Record | None:
@@ -194,6 +200,7 @@ class Mirror(InMemoryState):
             if rev > self._applied:
                 self._pending[rev] = (names, blob)
                 self._drain_pending()
+                self._changes_done()
             while self._applied < rev:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
@@ -212,6 +219,11 @@ class Mirror(InMemoryState):
                 if remaining <= 0:
                     return
                 self._applying.wait(remaining)
+
+    def _changes_done(self) -> None:
+        """Every event emitted so far ends on a whole revision (under ``_applying``)."""
+        if self._on_changes_done is not None:
+            self._on_changes_done()
 
     def _drain_pending(self) -> None:
         """Apply acknowledged writes that follow on without a gap (under
@@ -261,6 +273,7 @@ class Mirror(InMemoryState):
                 self._apply(*names, None, header.revision, partial=partial)
             self._applied = self._start = max(self._applied, header.revision)
             self._drain_pending()
+            self._changes_done()
             for coll in list(self._collections.values()):
                 with coll.cond:  # histories are complete from here on
                     coll.base_seq, coll.base_rev = coll.history.seq, self._start  # type: ignore[attr-defined]
