@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import wire
 from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError, ThrottledError
-from ..resource import Resource, check_name, pack, unpack
+from ..resource import Resource, check_name, pack, received
 from ..state.router import NamespaceRouter
 from ..state.events import Record
 from ..state.txn import Op
@@ -96,11 +96,12 @@ def _kind(args: dict[str, Any]) -> tuple[str, str]:
 
 
 def _resource(args: dict[str, Any]) -> Resource:
+    """The resource of a write, decoded once: the state takes it as it is."""
     blob = args["resource"]
     if not isinstance(blob, bytes):
         raise InvalidRequestError("resource must be a packed resource (bin)")
     try:
-        return unpack(blob)
+        return received(blob)
     except Exception:
         raise InvalidRequestError("resource is not a packed resource") from None
 

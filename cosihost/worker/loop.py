@@ -1,9 +1,10 @@
 """The single-threaded life of one controller process.
 
 Register with the secret the supervisor handed over, sync the input kinds,
-then loop: apply events to the cache, reconcile when an input changed
-(coalescing everything that arrived meanwhile) or a requeue fell due, and
-send a heartbeat while idle. A heartbeat is sent only from this loop, so a
+then loop: apply every pending frame of events to the cache (and wait for
+the rest of a transaction that spans several kinds it reads), reconcile
+once when an input changed (coalescing everything that arrived meanwhile)
+or a requeue fell due, and send a heartbeat while idle. A heartbeat is sent only from this loop, so a
 reconcile that never returns stops them, and the supervisor can tell.
 """
 
@@ -26,6 +27,10 @@ from .runtime import ControllerRuntime
 from .schedule import scheduler_for
 
 log = logging.getLogger("cosihost.worker")
+
+#: Seconds a controller waits for the rest of a turn's frames (they were sent
+#: right after the one it has) before it fills the kinds from history instead.
+SETTLE = 0.05
 
 
 @dataclasses.dataclass
@@ -92,10 +97,26 @@ class WorkerLoop:
                 self._heartbeat(req)
                 next_beat = time.monotonic() + s.heartbeat
             wake = next_beat if self.unsynced else min(next_beat, self.sched.wake_at())
-            item = sub.recv(max(0.0, wake - time.monotonic()))
+            self._drain(sub, sub.recv(max(0.0, wake - time.monotonic())))
+
+    def _drain(self, sub: Subscriber, item: Any) -> None:
+        """Apply every frame pending, then, while a frame said another kind
+        held here changed in the same turn and its frame has not come yet,
+        wait for it (up to :data:`SETTLE` s, then fill it from history): the
+        reconcile that follows sees whole transactions only."""
+        settle_by = None
+        while True:
             while item is not None:
                 self.cache.apply(*item)
                 item = sub.recv(0)
+            if not self.cache.incomplete():
+                return
+            now = time.monotonic()
+            settle_by = now + SETTLE if settle_by is None else settle_by
+            if now >= settle_by:
+                self.cache.complete()
+                return
+            item = sub.recv(settle_by - now)
 
     def _sync(self, kind: Kind) -> None:
         """Sync an input kind; one that cannot be served yet (its etcd not
