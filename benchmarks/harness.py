@@ -149,6 +149,10 @@ def writer(cls_name, name, link, run, index):
                     write(seq, t)
                     issued.append(t)
                     acked.append(time.monotonic_ns())
+                # Pipelined writes are acknowledged when the reconcile returns;
+                # waiting here makes the last "acked" the last acknowledgement.
+                rt.flush()
+                acked[-1] = time.monotonic_ns()
 
             _profiled(self.name, measured)
             cpu = time.process_time_ns() - cpu

@@ -395,6 +395,9 @@ class Supervisor:
     def throttle(self, caller: Any, writes: int) -> float:
         return self.supervision.throttle(caller, writes)
 
+    def write_limited(self, name: str) -> bool:
+        return name in self.supervision.buckets
+
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
         if self.metrics is not None:
