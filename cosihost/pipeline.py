@@ -76,17 +76,18 @@ class Pipeline(Requester):
 
     def send(self, op: str, args: dict[str, Any], *,
              on_reply: Callable[[Pending], None] | None = None) -> Pending:
-        """Send a request now; its reply is matched to it when it comes."""
+        """Send a request now; its reply is matched to it when it comes
+        (replies are taken when the window is full, or when waiting)."""
         while len(self._waiting) >= self.window:
             self._await_reply()
         self._counter += 1
         rid = f"{self._prefix}-{self._counter}"
-        pending = Pending(rid, op, wire.encode_request(wire.Request(op, args, rid, self.token)), on_reply)
+        frame = wire.encode_request(wire.Request(op, args, rid, self.token, batch=True))
+        pending = Pending(rid, op, frame, on_reply)
         if not self._waiting:
             self._heard = time.monotonic()
         self._waiting[rid] = pending
         self._socket().send_multipart([b"", pending.frame])
-        self.take_replies()
         return pending
 
     def take_replies(self) -> None:
@@ -114,19 +115,21 @@ class Pipeline(Requester):
         raise error_from_code(reply.code, reply.message)
 
     def _take(self, sock: "zmq.Socket[bytes]") -> None:
+        """One message: the replies to one turn of the supervisor's loop."""
         frames = sock.recv_multipart()
-        if len(frames) != 2 or frames[0] != b"":
+        if len(frames) < 2 or frames[0] != b"":
             return  # not a reply envelope: nothing to match
-        try:
-            reply = wire.decode_reply(frames[1])
-        except wire.WireError:
-            return
-        pending = self._waiting.pop(reply.rid, None)
-        if pending is None:
-            return  # a second answer to a resent request
-        self._heard = time.monotonic()
-        self._rounds = 0
-        self._settle(pending, reply)
+        for frame in frames[1:]:
+            try:
+                reply = wire.decode_reply(frame)
+            except wire.WireError:
+                continue
+            pending = self._waiting.pop(reply.rid, None)
+            if pending is None:
+                continue  # a second answer to a resent request
+            self._heard = time.monotonic()
+            self._rounds = 0
+            self._settle(pending, reply)
 
     @staticmethod
     def _settle(pending: Pending, reply: wire.Reply) -> None:

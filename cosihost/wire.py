@@ -90,6 +90,9 @@ class Request:
     args: dict[str, Any]
     rid: str = ""
     token: str = ""
+    #: The sender takes several replies in one message (``[b"", reply, reply, ...]``):
+    #: a pipelined DEALER (:mod:`cosihost.pipeline`) that matches them by request id.
+    batch: bool = False
 
 
 @dataclasses.dataclass
@@ -194,7 +197,10 @@ def _unpack(frame: bytes) -> Any:
 
 
 def encode_request(req: Request) -> bytes:
-    return _pack({"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args})
+    msg = {"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args}
+    if req.batch:
+        msg["batch"] = True
+    return _pack(msg)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -222,7 +228,7 @@ def decode_request(frame: bytes) -> Request:
     missing = [name for name in VERBS[op] if name not in args]
     if missing:
         raise WireError(f"{op}: missing argument(s) {', '.join(missing)}", echo)
-    return Request(op, args, rid, token)
+    return Request(op, args, rid, token, msg.get("batch") is True)
 
 
 def encode_reply(reply: Reply) -> bytes:

@@ -594,7 +594,17 @@ class Supervisor:
                 self._start_scan()
 
     def _serve_requests(self, budget: int = 256) -> None:
-        """Answer up to ``budget`` queued requests, then let the loop breathe."""
+        """Answer up to ``budget`` queued requests, then let the loop breathe.
+        A peer that takes several replies in one message (a controller's
+        pipeline) gets this turn's answers to it together, in order."""
+        batches: dict[tuple[bytes, ...], list[bytes]] = {}
+        try:
+            self._serve_some(budget, batches)
+        finally:
+            for envelope, answers in batches.items():
+                self.router.send_multipart([*envelope, *answers])
+
+    def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
         for _ in range(budget):
             # Asking is cheaper than catching zmq.Again at the end of every batch.
             if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -609,7 +619,9 @@ class Supervisor:
                 continue  # not a REQ envelope: nobody to answer
             envelope = frames[:-1]
             answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope), reader=reader)
-            if answer is not None:
+            if answer is not None and self.api.batched:
+                batches.setdefault(tuple(envelope), []).append(answer)
+            elif answer is not None:
                 self.router.send_multipart(envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:

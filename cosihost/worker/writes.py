@@ -58,7 +58,8 @@ class InFlight:
         """Decide ``op`` against the cache, send it, and return its result."""
         key = op.key
         cur = self._cache.get(*key)
-        out = decide(op, cur, time.time())
+        # op.resource is the op's own decoded copy (Op.write): nobody else holds it.
+        out = decide(op, cur, time.time(), new=op.resource)
         if out is not KEEP:
             self._cache.record_pending(*key, None if out is None else pack(out))
         result = result_of(op, cur if out is KEEP else out)
