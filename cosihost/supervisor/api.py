@@ -240,6 +240,8 @@ class Api:
             if caller.decl is not None and req.op in LIMITED:
                 self._throttle(caller, req)
             result = getattr(self, "op_" + req.op)(caller, req.args, later)
+            if req.args.get("brief") is True and isinstance(result, dict):
+                result.pop("resource", None)  # the writer decided it already: the seq will do
             reply = Reply(True, req.rid, result=result)
         except Deferred:
             return None, req.op, ""

@@ -31,8 +31,9 @@ Key = tuple[str, str]
 Respond = Callable[[Reply], None]
 Offload = Callable[[Callable[[], Any], Respond], None]
 
-#: Answers kept for one controller: several of its windows (64 in flight).
-PER_CALLER = 512
+#: Answers kept for one controller: two of its windows (64 in flight). A
+#: pipelined write asks for a brief answer (its sequence number), so they are small.
+PER_CALLER = 128
 #: Answers kept for all user clients together (they share the anonymous token).
 USERS = 4096
 #: Callers remembered at most; the one heard from longest ago goes first.

@@ -123,6 +123,7 @@ def close_controller(controller: Any, rt: Any, event_loop: asyncio.AbstractEvent
     event loop its async reconciles ran on."""
     try:
         controller.shutdown(rt)
+        rt.flush()  # what the hook wrote is acknowledged before the process ends
     except Exception:
         log.exception("shutdown hook failed")
     if event_loop is not None:

@@ -103,13 +103,14 @@ class InFlight:
 
 
 def _args(op: Op) -> dict[str, Any]:
-    """A single write's request arguments, as the synchronous verbs send them."""
+    """A single write's request arguments, as the synchronous verbs send them,
+    asking for a brief reply: the sequence number, not the resource again."""
     if op.verb in ("create", "update"):
-        args: dict[str, Any] = {"resource": op.blob, "owner": op.owner}
+        args: dict[str, Any] = {"resource": op.blob, "owner": op.owner, "brief": True}
         if op.verb == "update":
             args["expected_phase"] = op.expected_phase
         return args
-    args = {"namespace": op.namespace, "type": op.type, "id": op.id, "owner": op.owner}
+    args = {"namespace": op.namespace, "type": op.type, "id": op.id, "owner": op.owner, "brief": True}
     if op.verb in ("add_finalizer", "remove_finalizer"):
         args["finalizers"] = list(op.finalizers)
     return args
