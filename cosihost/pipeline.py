@@ -36,6 +36,8 @@ from .transport import Requester
 
 #: Requests a Pipeline has in flight at most (the raw DEALER baseline uses as many).
 WINDOW = 64
+#: Requests sent in one message at most.
+BATCH = 16
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,6 +63,8 @@ class Pipeline(Requester):
         self.window = max(1, window)
         #: Requests without a reply, in the order they were sent.
         self._waiting: dict[str, Pending] = {}
+        #: Requests not sent yet (the last of ``_waiting``): they go together.
+        self._outbox: list[bytes] = []
         #: When the last reply came (or the first request after a quiet time went).
         self._heard = 0.0
         self._rounds = 0  # resends in a row without a reply
@@ -77,18 +81,38 @@ class Pipeline(Requester):
     def send(self, op: str, args: dict[str, Any], *,
              on_reply: Callable[[Pending], None] | None = None) -> Pending:
         """Send a request now; its reply is matched to it when it comes
-        (replies are taken when the window is full, or when waiting)."""
+        (replies are taken when the window is full, when waiting, or when
+        others are in flight). Nagle's
+        rule: when everything sent so far is answered it goes at once; else
+        it waits in an outbox until that is so, ``BATCH`` are there or the
+        caller waits for a reply, and they go in one message."""
         while len(self._waiting) >= self.window:
             self._await_reply()
         self._counter += 1
         rid = f"{self._prefix}-{self._counter}"
         frame = wire.encode_request(wire.Request(op, args, rid, self.token, batch=True))
         pending = Pending(rid, op, frame, on_reply)
+        if self._waiting:
+            self.take_replies()
         if not self._waiting:
             self._heard = time.monotonic()
         self._waiting[rid] = pending
-        self._socket().send_multipart([b"", pending.frame])
+        self._outbox.append(frame)
+        if len(self._waiting) == len(self._outbox) or len(self._outbox) >= BATCH:
+            self.push()  # nothing on the wire unanswered, or a full batch
         return pending
+
+    def push(self) -> None:
+        """Send what waits in the outbox: one request alone, several as a batch."""
+        outbox = self._outbox
+        if not outbox:
+            return
+        sock = self._socket()
+        if len(outbox) == 1:
+            sock.send_multipart([b"", outbox[0]])
+        else:
+            sock.send_multipart([b"", wire.BATCH, *outbox])
+        outbox.clear()
 
     def take_replies(self) -> None:
         """Take the replies that have arrived, without waiting."""
@@ -140,6 +164,7 @@ class Pipeline(Requester):
     def _await_reply(self) -> None:
         """Take at least one reply, or, after ``timeout`` of silence, resend
         everything unanswered on a new socket (or fail it after ``retries``)."""
+        self.push()
         sock = self._socket()
         remaining = self._heard + self.timeout - time.monotonic()
         if remaining > 0 and sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
@@ -152,14 +177,17 @@ class Pipeline(Requester):
             self._fail_all()
             return
         self.close()
-        sock = self._socket()
         self.resent += len(self._waiting)
         for pending in list(self._waiting.values()):
-            sock.send_multipart([b"", pending.frame])
+            self._outbox.append(pending.frame)
+            if len(self._outbox) >= BATCH:
+                self.push()
+        self.push()
         self._heard = time.monotonic()
 
     def _fail_all(self) -> None:
         waiting, self._waiting = self._waiting, {}
+        self._outbox.clear()
         self._rounds = 0
         self.close()  # a later request starts on a fresh socket
         for pending in waiting.values():

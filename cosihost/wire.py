@@ -196,6 +196,29 @@ def _unpack(frame: bytes) -> Any:
         raise WireError(f"not a msgpack message: {exc.__class__.__name__}") from None
 
 
+#: After the empty delimiter, the frame that makes a message a batch of
+#: requests (``[envelope..., b"", BATCH, request, request, ...]``), each
+#: answered as if it had come alone. No request body can equal it.
+BATCH = b"batch"
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]] | None:
+    """A message as a ROUTER reads it: (the envelope to answer to, ending in
+    its empty delimiter; the request bodies), or None when there is no
+    envelope to answer (no delimiter, or several bodies that are no batch)."""
+    if len(frames) < 3:
+        return None
+    if frames[-2] == b"":
+        return frames[:-1], frames[-1:]
+    try:
+        end = frames.index(b"")
+    except ValueError:
+        return None
+    if end + 2 >= len(frames) or frames[end + 1] != BATCH:
+        return None
+    return frames[:end + 1], frames[end + 2:]
+
+
 def encode_request(req: Request) -> bytes:
     msg = {"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args}
     if req.batch:

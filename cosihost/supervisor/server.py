@@ -605,7 +605,7 @@ class Supervisor:
                 self.router.send_multipart([*envelope, *answers])
 
     def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
-        for _ in range(budget):
+        while budget > 0:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
             if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
@@ -615,14 +615,18 @@ class Supervisor:
                 frames = [p.bytes for p in parts]
             else:
                 frames, reader = self.router.recv_multipart(zmq.NOBLOCK), None
-            if len(frames) < 3 or frames[-2] != b"":
-                continue  # not a REQ envelope: nobody to answer
-            envelope = frames[:-1]
-            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope), reader=reader)
-            if answer is not None and self.api.batched:
-                batches.setdefault(tuple(envelope), []).append(answer)
-            elif answer is not None:
-                self.router.send_multipart(envelope + [answer])
+            split = wire.split_envelope(frames)
+            if split is None:
+                budget -= 1
+                continue  # not a REQ envelope (nor a batch): nobody to answer
+            envelope, bodies = split
+            budget -= len(bodies)
+            for body in bodies:
+                answer = self.api.handle(body, functools.partial(self._responder, envelope), reader=reader)
+                if answer is not None and self.api.batched:
+                    batches.setdefault(tuple(envelope), []).append(answer)
+                elif answer is not None:
+                    self.router.send_multipart(envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:
         """Requests from remote peers: each acts as its key's role allows."""
