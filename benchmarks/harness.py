@@ -219,6 +219,7 @@ def marker(cls_name, name, type, input):
             t = time.monotonic_ns()
             rt.list(NS, input)
             rt.modify(NS, type, "marker", lambda s: s.update(pid=os.getpid(), t=t, done=0))
+            rt.flush()  # "done" is when that write was acknowledged, as before writes were pipelined
             done = time.monotonic_ns()
             rt.modify(NS, type, "marker", lambda s: s.update(done=done))
 
