@@ -80,12 +80,11 @@ class Pipeline(Requester):
 
     def send(self, op: str, args: dict[str, Any], *,
              on_reply: Callable[[Pending], None] | None = None) -> Pending:
-        """Send a request now; its reply is matched to it when it comes
-        (replies are taken when the window is full, when waiting, or when
-        others are in flight). Nagle's
-        rule: when everything sent so far is answered it goes at once; else
-        it waits in an outbox until that is so, ``BATCH`` are there or the
-        caller waits for a reply, and they go in one message."""
+        """Send a request; its reply is matched to it when it comes (replies
+        are taken when the window is full, when waiting, or at the next send).
+        Nagle's rule: when everything sent so far is answered it goes at
+        once; else it waits in an outbox until that is so, ``BATCH`` are
+        there or the caller waits for a reply, and they go in one message."""
         while len(self._waiting) >= self.window:
             self._await_reply()
         self._counter += 1
@@ -166,8 +165,9 @@ class Pipeline(Requester):
         everything unanswered on a new socket (or fail it after ``retries``)."""
         self.push()
         sock = self._socket()
-        remaining = self._heard + self.timeout - time.monotonic()
-        if remaining > 0 and sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+        # Replies that came while the caller was busy count, however late it looks.
+        remaining = max(0.0, self._heard + self.timeout - time.monotonic())
+        if sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
             self.take_replies()
             return
         if time.monotonic() < self._heard + self.timeout:
