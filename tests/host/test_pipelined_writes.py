@@ -301,3 +301,60 @@ def test_supervisor_sigkill_with_writes_in_flight_keeps_what_was_acknowledged(su
 def _linux_proc() -> None:
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs Linux /proc (fd links) to see a controller's sockets")
+
+
+JOB = "Jobs.test.cosihost.dev"
+QRACER = f'''
+from cosihost import Client, NotFoundError, Output, Resource
+from cosihost.qcontroller import QController
+from cosihost import Input
+
+class QRacer(QController):
+    """Each job writes ten items; job "race" is beaten to its item "x" by a
+    user on its first try, so only that job fails and is retried."""
+    name = "test.QRacer"
+    primary = [Input("jobs", "{JOB}")]
+    outputs = [Output("{ITEM}", kind="shared"), Output("{REPORT}")]
+    concurrency = {{concurrency}}
+    attempts = {{{{}}}}
+
+    def reconcile(self, rt, ptr):
+        try:
+            job = rt.get(ptr.namespace, ptr.type, ptr.id)
+        except NotFoundError:
+            return
+        me = job.metadata.id
+        tries = self.attempts[me] = self.attempts.get(me, 0) + 1
+        rt.list("qrace", "{ITEM}")  # synced: the user's write reaches the cache after this round
+        if me == "race" and tries == 1:
+            with Client(job.spec["runtime_dir"]) as user:
+                user.create(Resource("qrace", "{ITEM}", "x", {{{{"by": "user"}}}}))
+            # Refused: at the call when the cache saw the user's write (in a thread
+            # the loop may apply it meanwhile), else when the reply comes.
+            rt.create(Resource("qrace", "{ITEM}", "x", {{{{"by": "controller"}}}}))
+        for i in range(10):
+            rt.modify("qrace", "{ITEM}", f"{{{{me}}}}-{{{{i}}}}", lambda s, i=i: s.update(i=i))
+        rt.modify("qrace", "{REPORT}", me, lambda s: s.update(tries=tries))
+'''
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_late_refusal_fails_only_the_queue_item_that_made_it(supervisor_factory, concurrency: int) -> None:
+    """Without threads each item's writes are acknowledged when its reconcile
+    returns; in threads each write waits for its reply. Either way the refusal
+    lands in the item that caused it."""
+    sup = supervisor_factory(config=_config(), controllers={"qracer": QRACER.format(concurrency=concurrency)})
+    jobs = ["a", "b", "race", "c"]
+    with sup.client() as c:
+        for job in jobs:
+            c.create(Resource("jobs", JOB, job, {"runtime_dir": str(sup.runtime_dir)}))
+        # (Without threads, the report of race's failed try was written too:
+        # writes after a refused one still go. Its retry writes tries=2.)
+        wait_for(lambda: {x.metadata.id: x.spec["tries"] for x in c.list("qrace", REPORT)}
+                 == {"a": 1, "b": 1, "race": 2, "c": 1}, timeout=20, message="every job's report")
+        x = c.get("qrace", ITEM, "x")
+        items = {r.metadata.id for r in c.list("qrace", ITEM)}
+    assert x.spec == {"by": "user"} and x.metadata.version == 1
+    assert items == {"x"} | {f"{job}-{i}" for job in jobs for i in range(10)}
+    status = sup.wait_status("test.QRacer", lambda s: s["counters"].get("crashes", 0) >= 1)
+    assert status["counters"]["crashes"] == 1
