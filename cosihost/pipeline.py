@@ -38,6 +38,9 @@ from .transport import Requester
 WINDOW = 64
 #: Requests sent in one message at most.
 BATCH = 16
+#: Seconds a request may be held back for the next ones, counted from the
+#: last message sent: only a caller writing in a tight loop is batched.
+HOLD = 0.0002
 
 
 @dataclasses.dataclass(eq=False)
@@ -67,6 +70,8 @@ class Pipeline(Requester):
         self._outbox: list[bytes] = []
         #: When the last reply came (or the first request after a quiet time went).
         self._heard = 0.0
+        #: When the outbox was last sent.
+        self._pushed = 0.0
         self._rounds = 0  # resends in a row without a reply
 
     @property
@@ -82,9 +87,11 @@ class Pipeline(Requester):
              on_reply: Callable[[Pending], None] | None = None) -> Pending:
         """Send a request; its reply is matched to it when it comes (replies
         are taken when the window is full, when waiting, or at the next send).
-        Nagle's rule: when everything sent so far is answered it goes at
-        once; else it waits in an outbox until that is so, ``BATCH`` are
-        there or the caller waits for a reply, and they go in one message."""
+        Nagle's rule, for bursts only: when everything sent so far is
+        answered, or the last message went more than ``HOLD`` ago, it goes
+        at once; else it waits in an outbox until the next send finds one
+        of those so, ``BATCH`` are there or the caller waits for a reply,
+        and they go in one message."""
         while len(self._waiting) >= self.window:
             self._await_reply()
         self._counter += 1
@@ -97,8 +104,9 @@ class Pipeline(Requester):
             self._heard = time.monotonic()
         self._waiting[rid] = pending
         self._outbox.append(frame)
-        if len(self._waiting) == len(self._outbox) or len(self._outbox) >= BATCH:
-            self.push()  # nothing on the wire unanswered, or a full batch
+        if (len(self._waiting) == len(self._outbox) or len(self._outbox) >= BATCH
+                or time.monotonic() - self._pushed > HOLD):
+            self.push()  # nothing on the wire unanswered, a full batch, or not a burst
         return pending
 
     def push(self) -> None:
@@ -112,6 +120,7 @@ class Pipeline(Requester):
         else:
             sock.send_multipart([b"", wire.BATCH, *outbox])
         outbox.clear()
+        self._pushed = time.monotonic()
 
     def take_replies(self) -> None:
         """Take the replies that have arrived, without waiting."""
