@@ -151,6 +151,10 @@ def writer(cls_name, name, link, run, index, ns=NS):
                     write(seq, t)
                     issued.append(t)
                     acked.append(time.monotonic_ns())
+                # Pipelined writes are acknowledged when the reconcile returns;
+                # waiting here makes the last "acked" the last acknowledgement.
+                rt.flush()
+                acked[-1] = time.monotonic_ns()
 
             _profiled(self.name, measured)
             cpu = time.process_time_ns() - cpu
@@ -217,6 +221,7 @@ def marker(cls_name, name, type, input):
             t = time.monotonic_ns()
             rt.list(NS, input)
             rt.modify(NS, type, "marker", lambda s: s.update(pid=os.getpid(), t=t, done=0))
+            rt.flush()  # "done" is when that write was acknowledged, as before writes were pipelined
             done = time.monotonic_ns()
             rt.modify(NS, type, "marker", lambda s: s.update(done=done))
 

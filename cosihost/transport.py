@@ -37,6 +37,10 @@ def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
 class Requester:
     """Request/reply with timeout, reopen and retry (Lazy Pirate)."""
 
+    #: The socket type: REQ here, one request in flight; DEALER for a
+    #: :class:`cosihost.pipeline.Pipeline`, several.
+    SOCKET = zmq.REQ
+
     def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "",
                  timeout: float = 5.0, retries: int = 3, curve: "ClientKey | None" = None) -> None:
         self.address = address
@@ -52,7 +56,7 @@ class Requester:
         self.resent = 0
 
     def _open(self) -> "zmq.Socket[bytes]":
-        sock = self._ctx.socket(zmq.REQ)
+        sock = self._ctx.socket(self.SOCKET)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
         if self.curve is not None:

@@ -91,6 +91,9 @@ class Request:
     args: dict[str, Any]
     rid: str = ""
     token: str = ""
+    #: The sender takes several replies in one message (``[b"", reply, reply, ...]``):
+    #: a pipelined DEALER (:mod:`cosihost.pipeline`) that matches them by request id.
+    batch: bool = False
 
 
 @dataclasses.dataclass
@@ -229,8 +232,34 @@ def _unpack(frame: bytes) -> Any:
         raise WireError(f"not a msgpack message: {exc.__class__.__name__}") from None
 
 
+#: After the empty delimiter, the frame that makes a message a batch of
+#: requests (``[envelope..., b"", BATCH, request, request, ...]``), each
+#: answered as if it had come alone. No request body can equal it.
+BATCH = b"batch"
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]] | None:
+    """A message as a ROUTER reads it: (the envelope to answer to, ending in
+    its empty delimiter; the request bodies), or None when there is no
+    envelope to answer (no delimiter, or several bodies that are no batch)."""
+    if len(frames) < 3:
+        return None
+    if frames[-2] == b"":
+        return frames[:-1], frames[-1:]
+    try:
+        end = frames.index(b"")
+    except ValueError:
+        return None
+    if end + 2 >= len(frames) or frames[end + 1] != BATCH:
+        return None
+    return frames[:end + 1], frames[end + 2:]
+
+
 def encode_request(req: Request) -> bytes:
-    return _pack({"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args})
+    msg = {"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args}
+    if req.batch:
+        msg["batch"] = True
+    return _pack(msg)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -258,7 +287,7 @@ def decode_request(frame: bytes) -> Request:
     missing = [name for name in VERBS[op] if name not in args]
     if missing:
         raise WireError(f"{op}: missing argument(s) {', '.join(missing)}", echo)
-    return Request(op, args, rid, token)
+    return Request(op, args, rid, token, msg.get("batch") is True)
 
 
 def encode_reply(reply: Reply) -> bytes:

@@ -418,6 +418,9 @@ class Supervisor:
     def throttle(self, caller: Any, writes: int) -> float:
         return self.supervision.throttle(caller, writes)
 
+    def write_limited(self, name: str) -> bool:
+        return name in self.supervision.buckets
+
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
         if self.metrics is not None:
@@ -632,8 +635,18 @@ class Supervisor:
             log.error("cannot give the runtime folder back to group %d: %s", group, exc)
 
     def _serve_requests(self, budget: int = 256) -> None:
-        """Answer up to ``budget`` queued requests, then let the loop breathe."""
-        for _ in range(budget):
+        """Answer up to ``budget`` queued requests, then let the loop breathe.
+        A peer that takes several replies in one message (a controller's
+        pipeline) gets this turn's answers to it together, in order."""
+        batches: dict[tuple[bytes, ...], list[bytes]] = {}
+        try:
+            self._serve_some(budget, batches)
+        finally:
+            for envelope, answers in batches.items():
+                self.router.send_multipart([*envelope, *answers])
+
+    def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
+        while budget > 0:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
             if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
@@ -643,12 +656,18 @@ class Supervisor:
                 frames = [p.bytes for p in parts]
             else:
                 frames, reader = self.router.recv_multipart(zmq.NOBLOCK), None
-            if len(frames) < 3 or frames[-2] != b"":
-                continue  # not a REQ envelope: nobody to answer
-            envelope = frames[:-1]
-            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope), reader=reader)
-            if answer is not None:
-                self.router.send_multipart(envelope + [answer])
+            split = wire.split_envelope(frames)
+            if split is None:
+                budget -= 1
+                continue  # not a REQ envelope (nor a batch): nobody to answer
+            envelope, bodies = split
+            budget -= len(bodies)
+            for body in bodies:
+                answer = self.api.handle(body, functools.partial(self._responder, envelope), reader=reader)
+                if answer is not None and self.api.batched:
+                    batches.setdefault(tuple(envelope), []).append(answer)
+                elif answer is not None:
+                    self.router.send_multipart(envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:
         """Requests from remote peers: each acts as its key's role allows."""

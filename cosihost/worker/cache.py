@@ -24,6 +24,9 @@ from ..transport import Requester, Subscriber, fetch_snapshot
 log = logging.getLogger("cosihost.worker")
 
 Kind = tuple[str, str]
+#: The overlay's sequence number of a write not acknowledged yet: no event
+#: replaces it (the stream cannot have it before its reply says where it is).
+PENDING = 1 << 62
 
 
 @dataclasses.dataclass
@@ -186,6 +189,29 @@ class Cache:
         kc = self.kinds.get((namespace, type))
         if kc is not None and seq > kc.seq:
             kc.overlay[rid] = (seq, blob)
+
+    def record_pending(self, namespace: str, type: str, rid: str, blob: bytes | None) -> None:
+        """A write sent but not acknowledged yet, as it is expected to leave
+        the resource: read at once, and kept until it is settled or forgotten."""
+        self.record_write(namespace, type, rid, PENDING, blob)
+
+    def settle_write(self, namespace: str, type: str, rid: str, seq: int) -> None:
+        """The pending writes of ``rid`` are acknowledged, the last at ``seq``:
+        kept until the stream brings that event (dropped if it already did)."""
+        kc = self.kinds.get((namespace, type))
+        mine = None if kc is None else kc.overlay.get(rid)
+        if kc is None or mine is None or mine[0] != PENDING:
+            return
+        if seq > kc.seq:
+            kc.overlay[rid] = (seq, mine[1])
+        else:
+            del kc.overlay[rid]
+
+    def forget_write(self, namespace: str, type: str, rid: str) -> None:
+        """A pending write of ``rid`` failed: the cache shows the stream's copy again."""
+        kc = self.kinds.get((namespace, type))
+        if kc is not None and kc.overlay.get(rid, (0, None))[0] == PENDING:
+            del kc.overlay[rid]
 
     def get(self, namespace: str, type: str, rid: str) -> Resource | None:
         blob = self.ensure(namespace, type).current(rid)

@@ -21,9 +21,11 @@ import zmq
 from .. import wire
 from ..controller import Controller, Input, Output
 from ..errors import UnavailableError
+from ..pipeline import Pipeline
 from ..transport import Requester, Subscriber, endpoint
 from .cache import Cache, Kind
 from .runtime import ControllerRuntime
+from .writes import InFlight
 from .schedule import scheduler_for
 
 log = logging.getLogger("cosihost.worker")
@@ -68,7 +70,7 @@ class WorkerLoop:
         s = self.settings
         cls = type(self.controller)
         decl = cls.declaration()
-        req = Requester(ctx, endpoint(s.runtime_dir, wire.API_SOCKET), timeout=s.request_timeout)
+        req = Pipeline(ctx, endpoint(s.runtime_dir, wire.API_SOCKET), timeout=s.request_timeout)
         reg = req.call("register", name=s.name, secret=s.secret, inputs=decl["inputs"],
                        outputs=decl["outputs"], pid=os.getpid(), definitions=decl["definitions"])
         req.token = reg["token"]
@@ -76,7 +78,10 @@ class WorkerLoop:
         sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), token=req.token,
                          hwm=s.subscriber_hwm)
         self.cache = Cache(req, sub, lambda *change: self.sched.on_change(*change))
-        self.rt = ControllerRuntime(s.name, req, self.cache,
+        # A controller under a write rate limit writes one by one: pipelined, its
+        # writes would reach the limit all at once and be refused (see writes.py).
+        flight = InFlight(req, self.cache) if reg.get("pipelined") else None
+        self.rt = ControllerRuntime(s.name, req, self.cache, in_flight=flight,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
         self.sched = scheduler_for(self.controller, self.rt, backoff_base=s.backoff_base,

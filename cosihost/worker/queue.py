@@ -249,8 +249,12 @@ class QScheduler:
                                                          for i in self._primary)]
                 if stray:
                     raise ValueError(f"map_input returned {stray[0]}, not an item of a primary input")
+            if self._pool is None:  # (in threads, each write waits for its reply: see qthreads)
+                self.rt.flush()  # acknowledged before the item's reconcile ends; refused late: it failed
         except Exception as exc:
             error = exc
+            if self._pool is None:
+                self.rt.flush(raise_late=False)
         return Outcome(key, md, error, pointers, time.perf_counter() - start)
 
     def _await(self, result: Any) -> Any:

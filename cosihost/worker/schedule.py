@@ -53,11 +53,18 @@ class Scheduler:
         self._event_loop = None
 
     def _reconcile(self) -> None:
-        result = self.controller.reconcile(self.rt)
-        if inspect.isawaitable(result):
-            if self._event_loop is None:
-                self._event_loop = asyncio.new_event_loop()
-            self._event_loop.run_until_complete(result)
+        """One reconcile, returned once its writes are acknowledged: a write
+        refused on arrival fails it (see :mod:`.writes`)."""
+        try:
+            result = self.controller.reconcile(self.rt)
+            if inspect.isawaitable(result):
+                if self._event_loop is None:
+                    self._event_loop = asyncio.new_event_loop()
+                self._event_loop.run_until_complete(result)
+        except BaseException:
+            self.rt.flush(raise_late=False)  # settle the cache; the reconcile failed anyway
+            raise
+        self.rt.flush()
 
     def attempts(self) -> int:
         return int(self.rt.counters.reconciles + self.rt.counters.crashes)
@@ -116,6 +123,7 @@ def close_controller(controller: Any, rt: Any, event_loop: asyncio.AbstractEvent
     event loop its async reconciles ran on."""
     try:
         controller.shutdown(rt)
+        rt.flush()  # what the hook wrote is acknowledged before the process ends
     except Exception:
         log.exception("shutdown hook failed")
     if event_loop is not None:
