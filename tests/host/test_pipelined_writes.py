@@ -111,8 +111,17 @@ def _config(timeout: float = 5.0) -> str:
     return FAST.format(timeout=timeout)
 
 
+def _drop(sup: SupervisorProcess) -> Path:
+    """A folder the controller can write in whatever user it runs as (as root
+    it runs as one of its own: [isolation] is on by default), like /tmp."""
+    drop = sup.base / "drop"
+    drop.mkdir(exist_ok=True)
+    os.chmod(drop, 0o1777)
+    return drop
+
+
 def _goal(c: Client, sup: SupervisorProcess, **spec: Any) -> None:
-    spec.setdefault("acked", str(sup.base / "acked"))
+    spec.setdefault("acked", str(_drop(sup) / "acked"))
     try:
         cur = c.get("goals", GOAL, "go")
         cur.spec = spec
@@ -122,7 +131,7 @@ def _goal(c: Client, sup: SupervisorProcess, **spec: Any) -> None:
 
 
 def _acked(sup: SupervisorProcess) -> list[int]:
-    path = sup.base / "acked"
+    path = _drop(sup) / "acked"
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
