@@ -14,7 +14,8 @@ named ``<controller>.<go>``, which the benchmark reads.
 Writers and watchers also report the CPU time they used (``cpu_ns``), so a
 figure can say which process a rate is bound by. Set
 ``COSIHOST_BENCH_PROFILE=DIR`` to have writers and watchers run their
-measured part under cProfile and dump ``DIR/<controller>.prof``.
+measured part under cProfile and dump ``DIR/<controller>.prof``, and each
+supervisor run its whole life under cProfile (``DIR/supervisor-<n>.prof``).
 """
 
 from __future__ import annotations
@@ -131,9 +132,9 @@ def writer(cls_name, name, link, run, index, ns=NS):
                 for first in range(0, n, batch):
                     t = time.monotonic_ns()
                     count = min(batch, n - first)
-                    with rt.transaction():
+                    with rt.transaction():  # its last write is "link", which watchers read
                         for j in range(count):
-                            write(first + j, t, f"link{j}")
+                            write(first + j, t, "link" if j == count - 1 else f"link{j}")
                     done = time.monotonic_ns()
                     issued.extend([t] * count)
                     acked.extend([done] * count)
@@ -150,6 +151,10 @@ def writer(cls_name, name, link, run, index, ns=NS):
                     write(seq, t)
                     issued.append(t)
                     acked.append(time.monotonic_ns())
+                # Pipelined writes are acknowledged when the reconcile returns;
+                # waiting here makes the last "acked" the last acknowledgement.
+                rt.flush()
+                acked[-1] = time.monotonic_ns()
 
             _profiled(self.name, measured)
             cpu = time.process_time_ns() - cpu
@@ -216,6 +221,7 @@ def marker(cls_name, name, type, input):
             t = time.monotonic_ns()
             rt.list(NS, input)
             rt.modify(NS, type, "marker", lambda s: s.update(pid=os.getpid(), t=t, done=0))
+            rt.flush()  # "done" is when that write was acknowledged, as before writes were pipelined
             done = time.monotonic_ns()
             rt.modify(NS, type, "marker", lambda s: s.update(done=done))
 
@@ -336,7 +342,7 @@ class Processes:
     def supervisor(self, *, config: str | None = None, start: bool = True,
                    **modules: str) -> SupervisorProcess:
         """A supervisor with the given controller modules (name -> source)."""
-        sup = SupervisorProcess(controllers=modules, config=config, env=env())
+        sup = SupervisorProcess(controllers=modules, config=config, env=env(), wrapper=_profiler())
         self._sups.append(sup)
         if start:
             sup.start(timeout=60)
@@ -358,6 +364,17 @@ class Processes:
             sup.cleanup()
         self._sups.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _profiler() -> list[str]:
+    """With COSIHOST_BENCH_PROFILE, the supervisor runs under cProfile and
+    dumps its stats to ``supervisor-<n>.prof`` there when it stops."""
+    folder = os.environ.get("COSIHOST_BENCH_PROFILE")
+    if not folder:
+        return []
+    out = os.path.join(folder, f"supervisor-{time.monotonic_ns()}.prof")
+    # The supervisor's command is [python, -m, cosihost, ...]: run that module under cProfile.
+    return ["sh", "-c", 'out=$0; py=$1; shift 2; exec "$py" -m cProfile -o "$out" -m "$@"', out]
 
 
 def trigger(client: Client, run: str, **spec: Any) -> str:

@@ -315,17 +315,19 @@ class RemoteWatch(EventStream):
             if upto is None or seq <= upto:
                 self._apply(Record(seq, kind, rid, blob, old, *rev))
 
-    def _on_message(self, msg: wire.EventMessage) -> None:
-        if msg.epoch != self._epoch:
+    def _on_batch(self, batch: wire.EventBatch) -> None:
+        """A frame's changes in order: a hole is filled from history first."""
+        if batch.epoch != self._epoch:
             self._fail("the supervisor restarted; resync with a new watch")
             return
-        if msg.seq <= self._cursor:
-            return
-        if msg.seq > self._cursor + 1:
-            self._catch_up(msg.seq - 1)
-            if self._done or self._cursor != msg.seq - 1:
-                return
-        self._apply(Record(msg.seq, msg.kind, unpack(msg.blob).metadata.id, msg.blob, msg.old, msg.rev))
+        for change in batch.changes:
+            if change.seq <= self._cursor:
+                continue
+            if change.seq > self._cursor + 1:
+                self._catch_up(change.seq - 1)
+                if self._done or self._cursor != change.seq - 1:
+                    return
+            self._apply(Record(change.seq, change.kind, change.id, change.blob, change.old, change.rev))
 
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout or once the watch has ended.
@@ -349,7 +351,7 @@ class RemoteWatch(EventStream):
             if item is not None:
                 self._heard = time.monotonic()
                 if item[0] == self._topic:
-                    self._on_message(item[1])
+                    self._on_batch(item[1])
             elif deadline is not None and time.monotonic() >= deadline:
                 return None
         event = self._pending.popleft()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from copy import deepcopy
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeVar
 
 import msgpack
 
@@ -149,12 +149,50 @@ def pack(res: Resource) -> bytes:
 
 def unpack(blob: bytes) -> Resource:
     """Decode a blob from :func:`pack` into a fresh Resource."""
+    return _decode(blob, Resource.__new__(Resource))
+
+
+R = TypeVar("R", bound=Resource)
+
+
+def _decode(blob: bytes, res: R) -> R:
     (ns, typ, rid, version, owner, phase, fins, labels, annotations,
      created, updated, spec) = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    res = Resource.__new__(Resource)
     res.metadata = Metadata(ns, typ, rid, version, owner, phase, fins, labels,
                             annotations, created, updated)
     res.spec = spec
+    return res
+
+
+class Received(Resource):
+    """A resource just decoded from a peer's packed blob, which nothing else
+    holds. A state checks a caller's own resource by packing and decoding a
+    copy of it (the caller may change it later, and msgpack may not decode
+    what it encoded); one decoded from msgpack needs neither, so the state
+    :meth:`take` s it as it is: the supervisor decodes a write once."""
+
+    __slots__ = ("_size", "_taken")
+    _size: int
+    _taken: bool
+
+    def take(self) -> Resource:
+        """The resource, checked as :func:`validated_copy` checks one; once only."""
+        if self._taken:
+            raise InvalidRequestError("a received resource is handed over once")
+        self._taken = True
+        check_resource(self)
+        if self._size > MAX_RESOURCE_BYTES:
+            raise InvalidRequestError(
+                f"spec: the resource is {self._size} bytes packed, over the {MAX_RESOURCE_BYTES} limit")
+        res = Resource.__new__(Resource)
+        res.metadata, res.spec = self.metadata, self.spec
+        return res
+
+
+def received(blob: bytes) -> Received:
+    """Decode a peer's blob for a write (see :class:`Received`)."""
+    res = _decode(blob, Received.__new__(Received))
+    res._size, res._taken = len(blob), False
     return res
 
 

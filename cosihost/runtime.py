@@ -17,8 +17,12 @@ from .resource import Resource
 
 class Runtime(Protocol):
     """What ``reconcile(rt)`` may do. Reads come from the controller's cache
-    (its own acknowledged writes included); writes go to the supervisor,
-    which checks each against the controller's declaration."""
+    (its own writes included, at once); writes go to the supervisor, which
+    checks each against the controller's declaration. Writes are pipelined:
+    each returns what it will have written, decided against the cache, and
+    all are acknowledged before the reconcile counts as returned; one the
+    supervisor refuses although the cache allowed it fails the reconcile,
+    which is retried."""
 
     name: str
     inputs: list[Input]
@@ -58,6 +62,11 @@ class Runtime(Protocol):
     def cleanup_outputs(self) -> None: ...
 
     def requeue(self, after: float = 0.0) -> None: ...
+
+    def flush(self, *, raise_late: bool = True) -> None:
+        """Wait until every write so far is acknowledged (the reconcile's
+        return does this too); raise the first one refused on arrival."""
+        ...
 
 
 if TYPE_CHECKING:  # the worker's handle is a Runtime (checked by mypy, costs nothing at run time)

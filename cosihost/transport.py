@@ -37,6 +37,10 @@ def endpoint(runtime_dir: str | os.PathLike[str], name: str) -> str:
 class Requester:
     """Request/reply with timeout, reopen and retry (Lazy Pirate)."""
 
+    #: The socket type: REQ here, one request in flight; DEALER for a
+    #: :class:`cosihost.pipeline.Pipeline`, several.
+    SOCKET = zmq.REQ
+
     def __init__(self, ctx: "zmq.Context[zmq.Socket[bytes]]", address: str, *, token: str = "",
                  timeout: float = 5.0, retries: int = 3, curve: "ClientKey | None" = None) -> None:
         self.address = address
@@ -52,7 +56,7 @@ class Requester:
         self.resent = 0
 
     def _open(self) -> "zmq.Socket[bytes]":
-        sock = self._ctx.socket(zmq.REQ)
+        sock = self._ctx.socket(self.SOCKET)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
         if self.curve is not None:
@@ -121,7 +125,9 @@ class Subscriber:
             self.sock.setsockopt(zmq.PLAIN_USERNAME, credentials)
             self.sock.setsockopt(zmq.PLAIN_PASSWORD, credentials)
         self.sock.connect(address)
-        self._queued: collections.deque[tuple[bytes, wire.EventMessage]] = collections.deque()
+        self._queued: collections.deque[tuple[bytes, wire.EventBatch]] = collections.deque()
+        #: Published frames dropped as malformed.
+        self.rejected = 0
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -176,23 +182,26 @@ class Subscriber:
             elif msg is not None:
                 self._queued.append((topic, msg))
 
-    def _recv_raw(self) -> tuple[bytes, wire.EventMessage | wire.ProbeMessage | None]:
+    def _recv_raw(self) -> tuple[bytes, wire.EventBatch | wire.ProbeMessage | None]:
         frames = self.sock.recv_multipart()
         if len(frames) != 2:
+            self.rejected += 1
             return b"", None
         try:
             return frames[0], wire.decode_published(frames[1])
         except wire.WireError:
+            self.rejected += 1
             return frames[0], None
 
-    def recv(self, timeout: float | None) -> tuple[bytes, wire.EventMessage] | None:
-        """The next event (topic, message), or None on timeout. Probes are skipped."""
+    def recv(self, timeout: float | None) -> tuple[bytes, wire.EventBatch] | None:
+        """The next frame of events (topic, batch), or None on timeout. Probes
+        and malformed frames are skipped."""
         if self._queued:
             return self._queued.popleft()
         if timeout == 0:  # the drain after an event: no Poller needed to ask
             while int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 topic, msg = self._recv_raw()
-                if isinstance(msg, wire.EventMessage):
+                if isinstance(msg, wire.EventBatch):
                     return topic, msg
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -201,7 +210,7 @@ class Subscriber:
             if not self.sock.poll(None if remaining is None else int(remaining * 1000), zmq.POLLIN):
                 return None
             topic, msg = self._recv_raw()
-            if isinstance(msg, wire.EventMessage):
+            if isinstance(msg, wire.EventBatch):
                 return topic, msg
             if deadline is not None and time.monotonic() >= deadline:
                 return None

@@ -1,7 +1,8 @@
 """Every message that crosses a socket, in one place.
 
 Requests and replies travel REQ -> ROUTER as single msgpack frames; events
-travel XPUB -> SUB as [topic, body]. Resources inside messages are the packed
+travel XPUB -> SUB as [topic, body], one body carrying every change one
+turn of the supervisor's loop made to that kind (:class:`EventBatch`). Resources inside messages are the packed
 blobs of :mod:`cosihost.resource`, so the supervisor forwards what it stores
 without encoding it again. No pickle: a peer can send only data.
 
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import msgpack
 
 from .errors import CosiError, InvalidRequestError
-from .resource import pack
+from .resource import Resource, pack, unpack
 from .state.txn import MAX_OPS, Op
 
 PROTOCOL = 1
@@ -90,6 +91,9 @@ class Request:
     args: dict[str, Any]
     rid: str = ""
     token: str = ""
+    #: The sender takes several replies in one message (``[b"", reply, reply, ...]``):
+    #: a pipelined DEALER (:mod:`cosihost.pipeline`) that matches them by request id.
+    batch: bool = False
 
 
 @dataclasses.dataclass
@@ -108,16 +112,51 @@ class Reply:
 
 
 @dataclasses.dataclass
-class EventMessage:
-    """One change of one kind, as published."""
+class Change:
+    """One change of one kind, as published: beside the packed resource it
+    carries what a cache and a scheduler need (id, version, phase, whether
+    finalizers are empty), so applying it unpacks nothing. For ``destroyed``
+    the resource is as it was when destroyed."""
 
-    epoch: str
     seq: int
     kind: str
+    id: str
+    version: int
+    phase: str
+    finalizers_empty: bool
     blob: bytes
     old: bytes | None = None
     #: The backend's bookmark position of the change (an etcd revision), or 0.
     rev: int = 0
+
+    def resource(self) -> Resource:
+        """The resource itself, unpacked on demand."""
+        return unpack(self.blob)
+
+    @classmethod
+    def of(cls, kind: str, res: Resource, blob: bytes, *, seq: int = 0, old: bytes | None = None,
+           rev: int = 0) -> "Change":
+        md = res.metadata
+        return cls(seq, kind, md.id, md.version, md.phase, not md.finalizers, blob, old, rev)
+
+    @classmethod
+    def of_blob(cls, kind: str, blob: bytes, *, seq: int = 0, old: bytes | None = None, rev: int = 0) -> "Change":
+        """For the rare paths (history fills, resyncs, etcd): meta from unpacking the blob."""
+        return cls.of(kind, unpack(blob), blob, seq=seq, old=old, rev=rev)
+
+
+@dataclasses.dataclass
+class EventBatch:
+    """What one turn of the supervisor's loop changed in one kind: one frame.
+
+    ``frontier`` lists every kind that turn changed, with the sequence number
+    each reached, when it changed more than one: a subscriber holding several
+    of them reconciles only once each has reached its number, so it never
+    acts on part of a transaction (or of a turn). Empty for a one-kind turn."""
+
+    epoch: str
+    changes: list[Change]
+    frontier: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
 
 
 #: Upper bounds (seconds) of the buckets of a controller's reconcile durations.
@@ -193,8 +232,34 @@ def _unpack(frame: bytes) -> Any:
         raise WireError(f"not a msgpack message: {exc.__class__.__name__}") from None
 
 
+#: After the empty delimiter, the frame that makes a message a batch of
+#: requests (``[envelope..., b"", BATCH, request, request, ...]``), each
+#: answered as if it had come alone. No request body can equal it.
+BATCH = b"batch"
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]] | None:
+    """A message as a ROUTER reads it: (the envelope to answer to, ending in
+    its empty delimiter; the request bodies), or None when there is no
+    envelope to answer (no delimiter, or several bodies that are no batch)."""
+    if len(frames) < 3:
+        return None
+    if frames[-2] == b"":
+        return frames[:-1], frames[-1:]
+    try:
+        end = frames.index(b"")
+    except ValueError:
+        return None
+    if end + 2 >= len(frames) or frames[end + 1] != BATCH:
+        return None
+    return frames[:end + 1], frames[end + 2:]
+
+
 def encode_request(req: Request) -> bytes:
-    return _pack({"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args})
+    msg = {"v": PROTOCOL, "op": req.op, "rid": req.rid, "tok": req.token, "args": req.args}
+    if req.batch:
+        msg["batch"] = True
+    return _pack(msg)
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -222,7 +287,7 @@ def decode_request(frame: bytes) -> Request:
     missing = [name for name in VERBS[op] if name not in args]
     if missing:
         raise WireError(f"{op}: missing argument(s) {', '.join(missing)}", echo)
-    return Request(op, args, rid, token)
+    return Request(op, args, rid, token, msg.get("batch") is True)
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -263,21 +328,67 @@ def parse_topic(frame: bytes) -> tuple[str, str]:
     return parts[0].decode(), parts[1].decode()
 
 
-def encode_event(ev: EventMessage) -> bytes:
-    return _pack(["ev", ev.epoch, ev.seq, ev.kind, ev.blob, ev.old, ev.rev])
+#: A published frame's changes are cut into frames of about this many bytes.
+BATCH_BYTES = 1 << 20
+#: Most kinds one frame's frontier may name (a subscriber keeps them until reached).
+MAX_FRONTIER = 4096
+
+
+def change_row(seq: int, kind: str, rid: str, meta: tuple[int, str, bool], blob: bytes, old: bytes | None,
+               rev: int) -> list[Any]:
+    """A change as one row of an ``evs`` frame; ``meta`` is (version, phase,
+    finalizers empty) of the resource in ``blob``. :class:`Change` decodes it."""
+    return [seq, kind, rid, meta[0], meta[1], meta[2], blob, old, rev]
+
+
+def encode_events(epoch: str, rows: Sequence[list[Any]], frontier: Sequence[Sequence[Any]] = ()) -> bytes:
+    """One frame of a kind's changes (rows from :func:`change_row`), in order."""
+    return _pack(["evs", epoch, rows, frontier])
 
 
 def encode_probe(nonce: str) -> bytes:
     return _pack(["probe", nonce])
 
 
-def decode_published(body: bytes) -> EventMessage | ProbeMessage:
+def decode_published(body: bytes) -> EventBatch | ProbeMessage:
+    """A published frame, strictly: anything but a well-formed ``evs`` or
+    ``probe`` frame raises :class:`WireError` (a subscriber drops it)."""
     msg = _unpack(body)
-    if isinstance(msg, list) and len(msg) in (6, 7) and msg[0] == "ev":
-        return EventMessage(*msg[1:])
-    if isinstance(msg, list) and len(msg) == 2 and msg[0] == "probe":
+    if isinstance(msg, list) and len(msg) == 4 and msg[0] == "evs":
+        _tag, epoch, rows, frontier = msg
+        if not isinstance(epoch, str) or not isinstance(rows, list) or not rows:
+            raise WireError("an event frame needs an epoch and at least one change")
+        return EventBatch(epoch, [_change(row) for row in rows], _frontier(frontier))
+    if isinstance(msg, list) and len(msg) == 2 and msg[0] == "probe" and isinstance(msg[1], str):
         return ProbeMessage(msg[1])
     raise WireError("unknown published message")
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _change(row: Any) -> Change:
+    if not isinstance(row, list) or len(row) != 9:
+        raise WireError("a change must be a list of 9 fields")
+    seq, kind, rid, version, phase, empty, blob, old, rev = row
+    if not (_is_int(seq) and seq > 0 and isinstance(kind, str) and isinstance(rid, str) and rid
+            and _is_int(version) and isinstance(phase, str) and isinstance(empty, bool)
+            and isinstance(blob, bytes) and (old is None or isinstance(old, bytes)) and _is_int(rev)):
+        raise WireError("malformed change in an event frame")
+    return Change(seq, kind, rid, version, phase, empty, blob, old, rev)
+
+
+def _frontier(raw: Any) -> list[tuple[str, str, int]]:
+    if not isinstance(raw, list) or len(raw) > MAX_FRONTIER:
+        raise WireError(f"an event frame's frontier must be a list of at most {MAX_FRONTIER} kinds")
+    out = []
+    for entry in raw:
+        if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                or not isinstance(entry[1], str) or not _is_int(entry[2]) or entry[2] < 0):
+            raise WireError("a frontier entry must be [namespace, type, seq]")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
 
 
 # -- transactions -------------------------------------------------------------------

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from cosihost.errors import InvalidRequestError
 from cosihost.resource import (MAX_META_ITEMS, MAX_META_LENGTH, MAX_NAME_LENGTH, MAX_RESOURCE_BYTES,
-                               Metadata, Resource, pack, unpack, validate, validated_copy)
+                               Metadata, Resource, pack, received, unpack, validate, validated_copy)
+from cosihost.state import InMemoryState
 
 T = "Widgets.test.cosihost.dev"
 
@@ -172,3 +173,20 @@ def test_equality_and_repr() -> None:
     assert other != full()
     assert full() != "not a resource"
     assert "w1" in repr(full()) and "v7" in repr(full())
+
+
+def test_a_received_resource_is_checked_and_handed_over_once() -> None:
+    res = Resource("ns", "Items.test.cosihost.dev", "a", {"n": 1}, labels={"k": "v"})
+    state = InMemoryState()
+    got = received(pack(res))
+    assert state.create(got).spec == {"n": 1}  # taken as decoded, not copied again
+    with pytest.raises(InvalidRequestError, match="handed over once"):
+        state.update(got)
+    bad = Resource("ns", "Items.test.cosihost.dev", "b")
+    bad.metadata.phase = "nonsense"
+    with pytest.raises(InvalidRequestError, match="phase"):
+        state.create(received(pack(bad)))
+    big = Resource("ns", "Items.test.cosihost.dev", "c", "x" * MAX_RESOURCE_BYTES)
+    with pytest.raises(InvalidRequestError, match="over the"):
+        state.create(received(pack(big)))
+    assert [r.metadata.id for r in state.list("ns", "Items.test.cosihost.dev")] == ["a"]

@@ -56,6 +56,10 @@ class Record:
     #: More changes of this kind follow at the same ``rev`` (one etcd
     #: revision can change several resources).
     partial: bool = False
+    #: (version, phase, finalizers empty) of the resource in ``blob``, when
+    #: the writer had it decoded: published with the change, so that no
+    #: reader unpacks the blob to learn them. None: unknown (unpack to learn).
+    meta: tuple[int, str, bool] | None = None
 
     @property
     def mark_rev(self) -> int:
@@ -96,9 +100,9 @@ class History:
         self.cond = cond
 
     def append(self, kind: str, rid: str, blob: bytes, old: bytes | None, rev: int = 0,
-               partial: bool = False) -> Record:
+               partial: bool = False, meta: tuple[int, str, bool] | None = None) -> Record:
         self.seq += 1
-        record = Record(self.seq, kind, rid, blob, old, rev, partial)
+        record = Record(self.seq, kind, rid, blob, old, rev, partial, meta)
         self.records.append(record)
         self.cond.notify_all()
         return record
@@ -251,6 +255,12 @@ class Watch(EventStream):
                 if remaining is not None and remaining <= 0:
                     return None
                 cond.wait(remaining)
+
+
+def meta_of(res: Resource) -> tuple[int, str, bool]:
+    """A record's ``meta`` from the resource its blob holds."""
+    md = res.metadata
+    return (md.version, md.phase, not md.finalizers)
 
 
 def decode(blob: bytes | None) -> Resource | None:

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import ConflictError, InvalidRequestError, NotFoundError
 from ..resource import (PHASE_RUNNING, Resource, check_name, check_phase,
-                        check_strings, pack, unpack, validated_copy)
+                        Received, check_strings, pack, unpack, validated_copy)
 from ..selectors import compile_id_regex, parse_query
 from .events import (BOOTSTRAPPED, CREATED, DESTROYED, ERROR, MAX_BATCH, UPDATED, AggregatedWatch, Event, History,
-                     Record, Watch, decode, kind_translator, make_bookmark, since_bookmark)
+                     Record, Watch, decode, kind_translator, make_bookmark, meta_of, since_bookmark)
 from .modify import modify_spec
 from .rules import check_destroy, created, finalizers_changed, torn_down, updated
 from .persist import Store
@@ -73,8 +73,9 @@ def _checked_finalizers(finalizers: Iterable[Any]) -> tuple[str, ...]:
 
 
 def _incoming(resource: Any, owner: Any, expected_phase: Any = None) -> Resource:
-    """A validated copy of a resource to write, once its arguments are checked."""
-    res = validated_copy(resource)
+    """A validated copy of a resource to write, once its arguments are checked
+    (one just decoded from a peer's blob is taken as it is: no second copy)."""
+    res = resource.take() if isinstance(resource, Received) else validated_copy(resource)
     _check_owner(owner)
     if expected_phase is not None:
         check_phase(expected_phase, field="expected_phase")
@@ -156,16 +157,19 @@ class InMemoryState:
                 self._store.delete(coll.namespace, coll.type, rid)
             else:
                 self._store.put(coll.namespace, coll.type, rid, blob)
-        self._remember(coll, rid, kind, old, blob)
+        self._remember(coll, rid, kind, old, blob, res)
         return blob
 
-    def _remember(self, coll: Collection, rid: str, kind: str, old: bytes | None, blob: bytes) -> None:
-        """A change the store already has: into memory, the history and the event hook."""
+    def _remember(self, coll: Collection, rid: str, kind: str, old: bytes | None, blob: bytes,
+                  res: Resource | None = None) -> None:
+        """A change the store already has: into memory, the history and the
+        event hook. ``res``: the resource in ``blob``, decoded, if at hand."""
         if kind == DESTROYED:
             del coll.items[rid]
         else:
             coll.items[rid] = blob
-        record = coll.history.append(kind, rid, blob, old if kind == UPDATED else None)
+        record = coll.history.append(kind, rid, blob, old if kind == UPDATED else None,
+                                     meta=None if res is None else meta_of(res))
         if self._on_event is not None:
             self._on_event(coll.namespace, coll.type, record)
 
@@ -336,8 +340,9 @@ class InMemoryState:
         _check_owner(owner)
         coll = self._collection(namespace, type)
         with coll.cond:
-            check_destroy(coll.load(id), owner)
-            self._commit(coll, None, id, DESTROYED, coll.items[id])
+            cur = coll.load(id)
+            check_destroy(cur, owner)
+            self._commit(coll, cur, id, DESTROYED, coll.items[id])  # cur: what the event describes
 
     @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str, *, owner: str = "") -> bool:
@@ -414,14 +419,15 @@ class InMemoryState:
             kind = DESTROYED if res is None else CREATED if old is None else UPDATED
             blob = old if res is None else pack(res)
             assert blob is not None
-            entries.append((coll, rid, kind, old, blob))
+            entries.append((coll, rid, kind, old, blob, res))
             if written is not None:
                 written[namespace, type, rid] = None if res is None else blob
         if self._store is not None:
             self._store.write_many([(c.namespace, c.type, rid, None if kind == DESTROYED else blob)
-                                    for c, rid, kind, _old, blob in entries if self._store.persists(c.namespace)])
-        for coll, rid, kind, old, blob in entries:
-            self._remember(coll, rid, kind, old, blob)
+                                    for c, rid, kind, _old, blob, _res in entries
+                                    if self._store.persists(c.namespace)])
+        for coll, rid, kind, old, blob, res in entries:
+            self._remember(coll, rid, kind, old, blob, res)
 
     # -- watches ---------------------------------------------------------
     def watch_for(self, namespace: str, type: str, id: str, *, event_types: Iterable[str] | None = None,

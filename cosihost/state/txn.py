@@ -97,19 +97,21 @@ def _owner(owner: Any) -> str:
     return owner
 
 
-def decide(op: Op, cur: Resource | None, now: float) -> Any:
+def decide(op: Op, cur: Resource | None, now: float, *, new: Resource | None = None) -> Any:
     """What ``op`` leaves in place of ``cur`` (a copy it may change): a
-    Resource, None for gone, or KEEP; or the COSI error that forbids it."""
+    Resource, None for gone, or KEEP; or the COSI error that forbids it.
+    ``new``: for a create or an update, a fresh decoding of ``op.blob`` that
+    nobody else holds (it is changed), to spare decoding it again."""
     if op.verb == "create":
         if cur is not None:
             raise ConflictError(f"resource {op.namespace}/{op.type}/{op.id} already exists")
         assert op.blob is not None
-        return created(unpack(op.blob), owner=op.owner, now=now)
+        return created(new or unpack(op.blob), owner=op.owner, now=now)
     if cur is None:
         raise NotFoundError(f"resource {op.namespace}/{op.type}/{op.id} doesn't exist")
     if op.verb == "update":
         assert op.blob is not None
-        return updated(cur, unpack(op.blob), owner=op.owner, expected_phase=op.expected_phase, now=now)
+        return updated(cur, new or unpack(op.blob), owner=op.owner, expected_phase=op.expected_phase, now=now)
     if op.verb == "destroy":
         check_destroy(cur, op.owner)
         return None

@@ -9,6 +9,9 @@ the first answer instead of being applied twice; a retry of a deferred write
 (restart, reload) that is still running waits for the same answer. A request
 id is remembered with a digest of its frame: the same id on a different
 request is refused rather than answered with another request's reply.
+Replies are remembered per caller, and a controller's writes that run off
+the loop run in the order they came (:mod:`.replies`): a controller keeps
+several writes in flight (:mod:`cosihost.pipeline`).
 When metrics are served, each answer is counted by verb and result with its
 latency (:class:`~.metrics.RequestStats`, plain increments on this thread).
 """
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import wire
 from ..errors import AccessDeniedError, CosiError, InvalidRequestError, NotFoundError, OverrunError, ThrottledError
-from ..resource import Resource, check_name, pack, unpack
+from ..resource import Resource, check_name, pack, received
 from ..state.router import NamespaceRouter
 from ..state.events import Record
 from ..state.txn import Op
@@ -36,6 +39,7 @@ from .access import ADMIN, USER, Caller
 from .registry import Registry
 from .remote import Answer
 from .remote_access import RemotePeer
+from .replies import InOrder, ReplyCache
 from .status import STATUS_NAMESPACE, STATUS_TYPE
 
 if TYPE_CHECKING:
@@ -68,6 +72,7 @@ class Host(Protocol):
     def register(self, args: dict[str, Any]) -> dict[str, Any]: ...
     def heartbeat(self, caller: Caller, args: dict[str, Any]) -> None: ...
     def throttle(self, caller: Caller, writes: int) -> float: ...
+    def write_limited(self, name: str) -> bool: ...
     def update_inputs(self, caller: Caller, inputs: Any) -> None: ...
     def restart(self, name: str, respond: Respond) -> None: ...
     def reload(self, respond: Respond) -> None: ...
@@ -96,11 +101,12 @@ def _kind(args: dict[str, Any]) -> tuple[str, str]:
 
 
 def _resource(args: dict[str, Any]) -> Resource:
+    """The resource of a write, decoded once: the state takes it as it is."""
     blob = args["resource"]
     if not isinstance(blob, bytes):
         raise InvalidRequestError("resource must be a packed resource (bin)")
     try:
-        return unpack(blob)
+        return received(blob)
     except Exception:
         raise InvalidRequestError("resource is not a packed resource") from None
 
@@ -159,7 +165,14 @@ class Api:
         #: Counts requests for the metrics when they are served (None: not counted).
         self.stats: RequestStats | None = None
         #: (token, rid) -> (frame digest, encoded reply) of answered writes.
-        self._replies: collections.OrderedDict[tuple[str, str], tuple[bytes, bytes]] = collections.OrderedDict()
+        self._replies = ReplyCache()
+        #: Off-loop writes of controllers, each controller's in the order they came.
+        self._in_order = InOrder(lambda work, respond: self.host.offload(work, respond))
+        #: The controller whose request is being handled (its token), or None.
+        self._controller: str | None = None
+        #: Whether the request just answered came from a peer that takes
+        #: several replies in one message (``Request.batch``).
+        self.batched = False
         #: (token, rid) -> (frame digest, responders) of deferred writes not answered yet.
         self._inflight: dict[tuple[str, str], tuple[bytes, list[Respond]]] = {}
 
@@ -188,10 +201,12 @@ class Api:
     def _handle(self, frame: bytes, respond_later: Callable[[str], Respond], started: float,
                 remote: RemotePeer | None, reader: str | None = None) -> tuple[bytes | None, str, str]:
         """(the answer or None when deferred, the verb, the result for the metrics)."""
+        self.batched = False
         try:
             req = wire.decode_request(frame)
         except wire.WireError as exc:
             return wire.encode_reply(Reply.error(exc.rid, exc)), "unknown", exc.code
+        self.batched = req.batch
         if self.stats is not None:
             respond_later = self.stats.timed(req.op, started, respond_later)
         key = (req.token if remote is None else f"remote:{remote.name}", req.rid)
@@ -205,8 +220,9 @@ class Api:
                         f"request id {req.rid!r} was already used for another request"))), req.op, \
                         InvalidRequestError.code
                 self.replayed += 1  # a retry after a lost reply: answer, don't apply again
-                if key in self._replies:
-                    return self._replies[key][1], req.op, REPLAYED
+                answered = self._replies.get(key)
+                if answered is not None:
+                    return answered[1], req.op, REPLAYED
                 self._inflight[key][1].append(respond_later(req.rid))  # still running: same answer, once
                 return None, req.op, ""
 
@@ -220,12 +236,15 @@ class Api:
 
         try:
             caller = self._identify(req) if remote is None else remote.caller(req.op)
+            self._controller = key[0] if caller.decl is not None else None
             if reader is not None and caller is USER and req.op in local_access.REFUSED:
                 raise AccessDeniedError(f"local user {reader} may read but not {req.op}: "
                                         "not a member of the [access] writers group")
             if caller.decl is not None and req.op in LIMITED:
                 self._throttle(caller, req)
             result = getattr(self, "op_" + req.op)(caller, req.args, later)
+            if req.args.get("brief") is True and isinstance(result, dict):
+                result.pop("resource", None)  # the writer decided it already: the seq will do
             reply = Reply(True, req.rid, result=result)
         except Deferred:
             return None, req.op, ""
@@ -249,9 +268,7 @@ class Api:
                                  f"again in {wait:.3f} s", retry_after=wait)
 
     def _remember(self, key: tuple[str, str], digest: bytes, encoded: bytes) -> None:
-        self._replies[key] = (digest, encoded)
-        if len(self._replies) > REPLY_CACHE:
-            self._replies.popitem(last=False)
+        self._replies.put(key, digest, encoded)
 
     def _answer_deferred(self, key: tuple[str, str], digest: bytes, reply: Reply) -> None:
         """Send a deferred write's reply to the request and every retry of it."""
@@ -341,7 +358,10 @@ class Api:
         wait on the network), on the host's pool with the answer later."""
         if not self.state.remote(namespace):
             return work()
-        self.host.offload(work, later())
+        if self._controller is not None:
+            self._in_order.submit(self._controller, work, later())
+        else:
+            self.host.offload(work, later())
         raise Deferred
 
     def op_create(self, caller: Caller, args: dict[str, Any], later: Any) -> dict[str, Any]:
@@ -512,7 +532,10 @@ class Api:
 
     # -- controller life and control ----------------------------------------
     def op_register(self, caller: Caller, args: dict[str, Any], _r: Any) -> dict[str, Any]:
-        return self.host.register(args)
+        """The controller's token; ``pipelined``: whether it may keep several
+        writes in flight (not under a write rate limit, which would refuse them)."""
+        registered = self.host.register(args)
+        return {**registered, "pipelined": not self.host.write_limited(args["name"])}
 
     def op_update_inputs(self, caller: Caller, args: dict[str, Any], _r: Any) -> None:
         if caller.decl is None:

@@ -59,16 +59,25 @@ class RemoteWrites:
         self._wake = wake
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
                                                            thread_name_prefix="cosihost-remote")
-        self._events: queue.SimpleQueue[tuple[str, str, Record]] = queue.SimpleQueue()
+        #: Events, and None where the backend said a revision was whole.
+        self._events: queue.SimpleQueue[tuple[str, str, Record] | None] = queue.SimpleQueue()
         self._replies: queue.SimpleQueue[tuple[Respond, Reply]] = queue.SimpleQueue()
         self.pending = 0
         self._local = threading.local()
+        #: Events received since the backend last said a revision was whole.
+        self._held: list[tuple[str, str, Record]] = []
 
     def on_event(self, namespace: str, type: str, record: Record) -> None:
-        """State hook of a remote backend (any thread): publish from the loop.
-        A pool thread's own write needs no wake-up: its reply's wake-up
-        follows, and the loop publishes queued events before replies."""
+        """State hook of a remote backend (any thread): publish from the loop."""
         self._events.put((namespace, type, record))
+
+    def on_changes_done(self) -> None:
+        """The backend's events so far end on a whole revision: the loop may
+        publish them (all in one turn, so that a transaction's frames name
+        each other). A pool thread's own write needs no wake-up: its
+        reply's wake-up follows, and the loop publishes queued events before
+        replies."""
+        self._events.put(None)
         if not getattr(self._local, "writing", False):
             self._wake()
 
@@ -106,13 +115,24 @@ class RemoteWrites:
             raise
 
     def drain(self, publish: Publish) -> None:
-        """In the loop: publish events first (a write's event goes out before
-        its reply), then answer finished writes."""
+        """In the loop: publish the events of whole revisions first (a
+        write's event goes out with or before its reply), then answer
+        finished writes. Events after the last revision boundary wait for
+        it, but not past the next drain (a backend that never says so)."""
+        items, self._held = self._held, []
+        whole = len(items)  # held since the last drain: out now, whatever comes
         while True:
             try:
-                publish(*self._events.get_nowait())
+                item = self._events.get_nowait()
             except queue.Empty:
                 break
+            if item is None:
+                whole = len(items)
+            else:
+                items.append(item)
+        for item in items[:whole]:
+            publish(*item)
+        self._held = items[whole:]
         while True:
             try:
                 respond, reply = self._replies.get_nowait()

@@ -54,6 +54,7 @@ from . import local_access, processes, remote_access
 from .access import ADMIN, USER, Caller
 from .api import Api
 from .metrics import Figures
+from .outbox import EventOutbox
 from .registry import Registry
 from .remote_access import RemotePeer
 from .remote import Answer, RemoteWrites
@@ -119,6 +120,8 @@ class Supervisor:
         self._etcd_namespaces: dict[str, Any] = {}
         #: Events published so far (always counted: one increment).
         self.published = 0
+        #: This loop turn's events, sent as one frame per kind before the loop waits.
+        self.outbox = EventOutbox()
         #: What the loop counts for metrics; None when they are not served.
         self.metrics = Figures(self._wake, settings.metrics_listen) if settings.metrics_listen else None
         self.metrics_address: str | None = None
@@ -175,7 +178,7 @@ class Supervisor:
             # A device may boot before its network: etcd namespaces then answer
             # "not reached yet" while everything else runs, until etcd is up.
             st = EtcdState(config, namespaces=names, history=self.settings.history,
-                           on_event=self.remote.on_event, wait=False)
+                           on_event=self.remote.on_event, on_changes_done=self.remote.on_changes_done, wait=False)
             self._etcd.append(st)
             out.update(dict.fromkeys(names, st))
             self._etcd_namespaces.update(dict.fromkeys(names, st))
@@ -253,12 +256,18 @@ class Supervisor:
         self._publish(namespace, type, record)
 
     def _publish(self, namespace: str, type: str, record: Record) -> None:
-        msg = wire.EventMessage(self.state.epoch, record.seq, record.kind, record.blob, record.old, record.mark_rev)
-        frames = [wire.topic(namespace, type), wire.encode_event(msg)]
+        """Into this turn's outbox: sent by :meth:`_flush_events` before the loop waits."""
+        self.outbox.add(namespace, type, record)
+        self.published += 1
+
+    def _flush_events(self) -> None:
+        if self.outbox:
+            self.outbox.flush(self.state.epoch, self._send_published)
+
+    def _send_published(self, frames: list[bytes]) -> None:
         self.pub.send_multipart(frames)
         if self.remote_pub is not None:
             self.remote_pub.send_multipart(frames)
-        self.published += 1
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
@@ -268,9 +277,8 @@ class Supervisor:
 
     def publish_probe(self, topic: bytes, nonce: str) -> None:
         self._serve_subscriptions()  # those that came before the probe request: applied first
-        self.pub.send_multipart([topic, wire.encode_probe(nonce)])
-        if self.remote_pub is not None:
-            self.remote_pub.send_multipart([topic, wire.encode_probe(nonce)])
+        self._flush_events()  # events stay in the order of their changes, the probe after them
+        self._send_published([topic, wire.encode_probe(nonce)])
 
     # -- who reads the events ----------------------------------------------------
     def _serve_zap(self, budget: int = 64) -> None:
@@ -409,6 +417,9 @@ class Supervisor:
 
     def throttle(self, caller: Any, writes: int) -> float:
         return self.supervision.throttle(caller, writes)
+
+    def write_limited(self, name: str) -> bool:
+        return name in self.supervision.buckets
 
     def heartbeat(self, caller: Any, args: dict[str, Any]) -> None:
         self.supervision.heartbeat(caller, args)
@@ -549,6 +560,7 @@ class Supervisor:
             ping_in = self.notifier.watchdog()
             if ping_in is not None:
                 wait = min(wait, ping_in)
+            self._flush_events()  # what this turn changed, before waiting
             events = dict(poller.poll(int(wait * 1000) + 1))
             # Processes end with a signal (SIGCHLD on the wake-up fd) or a word
             # from the zygote; only then is there anything to reap.
@@ -572,6 +584,7 @@ class Supervisor:
                 self._serve_remote_requests()
             if self.remote_pub is not None and self.remote_pub in events:
                 _drain(self.remote_pub)  # remote roles read everything: subscriptions apply themselves
+            self._flush_events()  # the requests' events leave before the housekeeping
             if woke or self.supervision.stopping:
                 self.supervision.reap()
                 next_house = 0.0  # a restart may be due at once; statuses changed
@@ -622,8 +635,18 @@ class Supervisor:
             log.error("cannot give the runtime folder back to group %d: %s", group, exc)
 
     def _serve_requests(self, budget: int = 256) -> None:
-        """Answer up to ``budget`` queued requests, then let the loop breathe."""
-        for _ in range(budget):
+        """Answer up to ``budget`` queued requests, then let the loop breathe.
+        A peer that takes several replies in one message (a controller's
+        pipeline) gets this turn's answers to it together, in order."""
+        batches: dict[tuple[bytes, ...], list[bytes]] = {}
+        try:
+            self._serve_some(budget, batches)
+        finally:
+            for envelope, answers in batches.items():
+                self.router.send_multipart([*envelope, *answers])
+
+    def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
+        while budget > 0:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
             if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
@@ -633,12 +656,18 @@ class Supervisor:
                 frames = [p.bytes for p in parts]
             else:
                 frames, reader = self.router.recv_multipart(zmq.NOBLOCK), None
-            if len(frames) < 3 or frames[-2] != b"":
-                continue  # not a REQ envelope: nobody to answer
-            envelope = frames[:-1]
-            answer = self.api.handle(frames[-1], functools.partial(self._responder, envelope), reader=reader)
-            if answer is not None:
-                self.router.send_multipart(envelope + [answer])
+            split = wire.split_envelope(frames)
+            if split is None:
+                budget -= 1
+                continue  # not a REQ envelope (nor a batch): nobody to answer
+            envelope, bodies = split
+            budget -= len(bodies)
+            for body in bodies:
+                answer = self.api.handle(body, functools.partial(self._responder, envelope), reader=reader)
+                if answer is not None and self.api.batched:
+                    batches.setdefault(tuple(envelope), []).append(answer)
+                elif answer is not None:
+                    self.router.send_multipart(envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:
         """Requests from remote peers: each acts as its key's role allows."""

@@ -337,7 +337,7 @@ class ControllerHarness:
             if kind == ERROR:
                 self._loop.dirty = True  # the watcher fell behind: read everything again
             elif res is not None:
-                self._loop.on_change(namespace, type, kind, res)
+                self._loop.on_change(namespace, type, kind, wire.Change.of(kind, res, pack(res)))
         finally:
             with self._lock:
                 self._pending -= 1

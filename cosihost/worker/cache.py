@@ -24,6 +24,9 @@ from ..transport import Requester, Subscriber, fetch_snapshot
 log = logging.getLogger("cosihost.worker")
 
 Kind = tuple[str, str]
+#: The overlay's sequence number of a write not acknowledged yet: no event
+#: replaces it (the stream cannot have it before its reply says where it is).
+PENDING = 1 << 62
 
 
 @dataclasses.dataclass
@@ -53,8 +56,8 @@ class KindCache:
         return sorted(i for i in ids if self.current(i) is not None)
 
 
-#: Called with (namespace, type, event kind, resource) for each applied change.
-OnChange = Callable[[str, str, str, Resource], None]
+#: Called with (namespace, type, event kind, change) for each applied change.
+OnChange = Callable[[str, str, str, wire.Change], None]
 
 
 class Cache:
@@ -69,6 +72,9 @@ class Cache:
         self.resyncs = 0
         #: Published events received for the kinds held here.
         self.events = 0
+        #: Kinds a received frame says changed in the same turn, with the
+        #: number each reached: no reconcile until the cache has them.
+        self.awaited: dict[Kind, int] = {}
 
     def ensure(self, namespace: str, type: str) -> KindCache:
         """Sync a kind on first use: subscribe, prove it, then snapshot."""
@@ -99,14 +105,15 @@ class Cache:
         self.resyncs += 1
         kc = self._snapshot(namespace, type)
         for rid in kc.ids():
-            self._on_change(namespace, type, "resync", unpack(kc.current(rid)))  # type: ignore[arg-type]
+            self._on_change(namespace, type, "resync", wire.Change.of_blob("resync", kc.current(rid)))  # type: ignore[arg-type]
 
     def resync_all(self, why: str) -> None:
+        self.awaited.clear()  # numbers of another epoch: the snapshots are whole
         for namespace, type in list(self.kinds):
             self.resync(namespace, type, why)
 
-    def apply(self, topic: bytes, msg: wire.EventMessage) -> None:
-        """Apply one published event, filling holes or resyncing as needed."""
+    def apply(self, topic: bytes, batch: wire.EventBatch) -> None:
+        """Apply one published frame, filling holes or resyncing as needed."""
         try:
             namespace, type = wire.parse_topic(topic)
         except (wire.WireError, UnicodeDecodeError):
@@ -114,21 +121,42 @@ class Cache:
         kc = self.kinds.get((namespace, type))
         if kc is None:
             return
-        self.events += 1
-        if msg.epoch != self.epoch:
-            self.resync_all(f"supervisor epoch changed to {msg.epoch}")
+        self.events += len(batch.changes)
+        if batch.epoch != self.epoch:
+            self.resync_all(f"supervisor epoch changed to {batch.epoch}")
             return
-        if msg.seq <= kc.seq:
-            return
-        if msg.seq > kc.seq + 1 and not self._fill(namespace, type, kc, msg.seq - 1):
-            return
-        self._apply_one(namespace, type, kc, msg.seq, msg.kind, msg.blob)
+        for ns, typ, seq in batch.frontier:
+            held = self.kinds.get((ns, typ))
+            if held is not None and held.seq < seq and self.awaited.get((ns, typ), 0) < seq:
+                self.awaited[(ns, typ)] = seq
+        for change in batch.changes:
+            if change.seq <= kc.seq:
+                continue
+            if change.seq > kc.seq + 1:
+                self._fill(namespace, type, kc, change.seq - 1)
+                if change.seq <= kc.seq:
+                    continue  # a resync's snapshot has it already
+                if change.seq != kc.seq + 1:
+                    return  # still a hole: the heartbeat's check of the heads refills it
+            self._apply_one(namespace, type, kc, change)
 
-    def _apply_one(self, namespace: str, type: str, kc: KindCache, seq: int, kind: str,
-                   blob: bytes) -> None:
-        res = unpack(blob)
-        kc.apply(seq, kind, res.metadata.id, blob)
-        self._on_change(namespace, type, kind, res)
+    def incomplete(self) -> dict[Kind, int]:
+        """The kinds still short of what a received frame said they reached
+        (part of a transaction, or of a turn, is in the cache): forgotten
+        once reached."""
+        self.awaited = {k: seq for k, seq in self.awaited.items() if k in self.kinds and self.kinds[k].seq < seq}
+        return self.awaited
+
+    def complete(self) -> None:
+        """Fill each incomplete kind from the supervisor's history (the frame
+        that would have completed it did not come in time)."""
+        for (namespace, type), seq in list(self.incomplete().items()):
+            self._fill(namespace, type, self.kinds[(namespace, type)], seq)
+        self.awaited.clear()  # filled, or resynced, or left to the heads check
+
+    def _apply_one(self, namespace: str, type: str, kc: KindCache, change: wire.Change) -> None:
+        kc.apply(change.seq, change.kind, change.id, change.blob)
+        self._on_change(namespace, type, change.kind, change)
 
     def _fill(self, namespace: str, type: str, kc: KindCache, upto: int) -> bool:
         """Fetch the records missing before ``upto``; resync if history lost them."""
@@ -142,7 +170,7 @@ class Cache:
             return False
         for seq, kind, _rid, blob, _old, *_rev in reply["records"]:
             if kc.seq < seq <= upto:
-                self._apply_one(namespace, type, kc, seq, kind, blob)
+                self._apply_one(namespace, type, kc, wire.Change.of_blob(kind, blob, seq=seq))
         return kc.seq == upto
 
     def check_heads(self, heads: Iterable[tuple[str, str, int]], suspects: set[Kind]) -> set[Kind]:
@@ -161,6 +189,29 @@ class Cache:
         kc = self.kinds.get((namespace, type))
         if kc is not None and seq > kc.seq:
             kc.overlay[rid] = (seq, blob)
+
+    def record_pending(self, namespace: str, type: str, rid: str, blob: bytes | None) -> None:
+        """A write sent but not acknowledged yet, as it is expected to leave
+        the resource: read at once, and kept until it is settled or forgotten."""
+        self.record_write(namespace, type, rid, PENDING, blob)
+
+    def settle_write(self, namespace: str, type: str, rid: str, seq: int) -> None:
+        """The pending writes of ``rid`` are acknowledged, the last at ``seq``:
+        kept until the stream brings that event (dropped if it already did)."""
+        kc = self.kinds.get((namespace, type))
+        mine = None if kc is None else kc.overlay.get(rid)
+        if kc is None or mine is None or mine[0] != PENDING:
+            return
+        if seq > kc.seq:
+            kc.overlay[rid] = (seq, mine[1])
+        else:
+            del kc.overlay[rid]
+
+    def forget_write(self, namespace: str, type: str, rid: str) -> None:
+        """A pending write of ``rid`` failed: the cache shows the stream's copy again."""
+        kc = self.kinds.get((namespace, type))
+        if kc is not None and kc.overlay.get(rid, (0, None))[0] == PENDING:
+            del kc.overlay[rid]
 
     def get(self, namespace: str, type: str, rid: str) -> Resource | None:
         blob = self.ensure(namespace, type).current(rid)

@@ -1,9 +1,10 @@
 """The single-threaded life of one controller process.
 
 Register with the secret the supervisor handed over, sync the input kinds,
-then loop: apply events to the cache, reconcile when an input changed
-(coalescing everything that arrived meanwhile) or a requeue fell due, and
-send a heartbeat while idle. A heartbeat is sent only from this loop, so a
+then loop: apply every pending frame of events to the cache (and wait for
+the rest of a transaction that spans several kinds it reads), reconcile
+once when an input changed (coalescing everything that arrived meanwhile)
+or a requeue fell due, and send a heartbeat while idle. A heartbeat is sent only from this loop, so a
 reconcile that never returns stops them, and the supervisor can tell.
 """
 
@@ -20,12 +21,18 @@ import zmq
 from .. import wire
 from ..controller import Controller, Input, Output
 from ..errors import UnavailableError
+from ..pipeline import Pipeline
 from ..transport import Requester, Subscriber, endpoint
 from .cache import Cache, Kind
 from .runtime import ControllerRuntime
+from .writes import InFlight
 from .schedule import scheduler_for
 
 log = logging.getLogger("cosihost.worker")
+
+#: Seconds a controller waits for the rest of a turn's frames (they were sent
+#: right after the one it has) before it fills the kinds from history instead.
+SETTLE = 0.05
 
 
 @dataclasses.dataclass
@@ -63,7 +70,7 @@ class WorkerLoop:
         s = self.settings
         cls = type(self.controller)
         decl = cls.declaration()
-        req = Requester(ctx, endpoint(s.runtime_dir, wire.API_SOCKET), timeout=s.request_timeout)
+        req = Pipeline(ctx, endpoint(s.runtime_dir, wire.API_SOCKET), timeout=s.request_timeout)
         reg = req.call("register", name=s.name, secret=s.secret, inputs=decl["inputs"],
                        outputs=decl["outputs"], pid=os.getpid(), definitions=decl["definitions"])
         req.token = reg["token"]
@@ -71,7 +78,10 @@ class WorkerLoop:
         sub = Subscriber(ctx, endpoint(s.runtime_dir, wire.EVENTS_SOCKET), token=req.token,
                          hwm=s.subscriber_hwm)
         self.cache = Cache(req, sub, lambda *change: self.sched.on_change(*change))
-        self.rt = ControllerRuntime(s.name, req, self.cache,
+        # A controller under a write rate limit writes one by one: pipelined, its
+        # writes would reach the limit all at once and be refused (see writes.py).
+        flight = InFlight(req, self.cache) if reg.get("pipelined") else None
+        self.rt = ControllerRuntime(s.name, req, self.cache, in_flight=flight,
                                     inputs=[Input.from_wire(i) for i in decl["inputs"]],
                                     outputs=[Output.from_wire(o) for o in decl["outputs"]])
         self.sched = scheduler_for(self.controller, self.rt, backoff_base=s.backoff_base,
@@ -92,10 +102,26 @@ class WorkerLoop:
                 self._heartbeat(req)
                 next_beat = time.monotonic() + s.heartbeat
             wake = next_beat if self.unsynced else min(next_beat, self.sched.wake_at())
-            item = sub.recv(max(0.0, wake - time.monotonic()))
+            self._drain(sub, sub.recv(max(0.0, wake - time.monotonic())))
+
+    def _drain(self, sub: Subscriber, item: Any) -> None:
+        """Apply every frame pending, then, while a frame said another kind
+        held here changed in the same turn and its frame has not come yet,
+        wait for it (up to :data:`SETTLE` s, then fill it from history): the
+        reconcile that follows sees whole transactions only."""
+        settle_by = None
+        while True:
             while item is not None:
                 self.cache.apply(*item)
                 item = sub.recv(0)
+            if not self.cache.incomplete():
+                return
+            now = time.monotonic()
+            settle_by = now + SETTLE if settle_by is None else settle_by
+            if now >= settle_by:
+                self.cache.complete()
+                return
+            item = sub.recv(settle_by - now)
 
     def _sync(self, kind: Kind) -> None:
         """Sync an input kind; one that cannot be served yet (its etcd not

@@ -2,11 +2,14 @@
 
 The ``rt`` handle is not thread-safe, and cannot be made so cheaply: its
 cache subscribes on the loop's SUB socket (and waits there for proof), and
-its requests share one REQ socket. So a reconcile running in a thread gets
+its requests share one socket. So a reconcile running in a thread gets
 a :class:`Marshalled` handle: each call is posted to the loop's thread,
 which runs it between events (:meth:`Pool.serve`) and hands back the result
 or the exception. Reads and writes keep the exact semantics of the loop's
-``rt``; the price is a wait of up to one poll interval per call.
+``rt``; the price is a wait of up to one poll interval per call. A write
+from a thread is not left in flight: the loop's thread waits for its reply
+before handing back the result, so a refusal is raised in the reconcile
+that made the write, not in another thread's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from ..state.txn import open_transaction
 
 _local = threading.local()
 WRITE_VERBS = frozenset({"create", "update", "modify", "destroy", "teardown", "add_finalizer", "remove_finalizer"})
+#: Calls that write and, from a thread, return only once their writes are acknowledged.
+WAITED = WRITE_VERBS | {"cleanup_outputs"}
 
 
 @dataclasses.dataclass
@@ -155,6 +160,8 @@ class Marshalled:
             return getattr(txn, name)  # recorded in this thread, sent on commit
         if name == "transaction":
             return self._transaction
+        if name in WAITED:  # acknowledged before the call returns: a late refusal is this thread's
+            return functools.partial(self._pool.call, self._rt.flushed, value)
         return functools.partial(self._pool.call, value)
 
     def _transaction(self) -> Any:

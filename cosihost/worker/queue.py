@@ -30,8 +30,7 @@ from typing import Any, Callable
 
 from ..controller import Input
 from ..qcontroller import MappedMetadata, Pointer, QController, Requeue
-from ..resource import Resource
-from ..wire import RECONCILE_BUCKETS, Histogram
+from ..wire import RECONCILE_BUCKETS, Change, Histogram
 from .qthreads import Marshalled, Outcome, Pool, run_awaitable
 from .schedule import _destroy_ready, close_controller
 
@@ -116,18 +115,19 @@ class QScheduler:
         at = self._refill_at if self._refill else float("inf")
         return min(at, self._next_at()) if self._free() else at
 
-    def on_change(self, namespace: str, type: str, kind: str, res: Resource) -> None:
-        md = res.metadata
+    def on_change(self, namespace: str, type: str, kind: str, change: Change) -> None:
+        rid = change.id
         now = time.monotonic()
         added = False
-        if any(_matches(i, namespace, type, md.id) for i in self._primary):
-            added = self._put(("r", namespace, type, md.id), None, now, "fresh")
+        if any(_matches(i, namespace, type, rid) for i in self._primary):
+            added = self._put(("r", namespace, type, rid), None, now, "fresh")
         for i in self._mapped:
-            if _matches(i, namespace, type, md.id):
-                if i.kind == "destroy-ready" and not _destroy_ready(kind, res):
+            if _matches(i, namespace, type, rid):
+                if i.kind == "destroy-ready" and not _destroy_ready(kind, change):
                     break
-                mapped = MappedMetadata(namespace, type, md.id, md.phase, dict(md.labels), not md.finalizers)
-                added = self._put(("m", namespace, type, md.id), mapped, now, "fresh") or added
+                labels = dict(change.resource().metadata.labels)  # the one field events do not carry
+                mapped = MappedMetadata(namespace, type, rid, change.phase, labels, change.finalizers_empty)
+                added = self._put(("m", namespace, type, rid), mapped, now, "fresh") or added
                 break
         if added:
             self.rt.counters.wakeups += 1
@@ -249,8 +249,12 @@ class QScheduler:
                                                          for i in self._primary)]
                 if stray:
                     raise ValueError(f"map_input returned {stray[0]}, not an item of a primary input")
+            if self._pool is None:  # (in threads, each write waits for its reply: see qthreads)
+                self.rt.flush()  # acknowledged before the item's reconcile ends; refused late: it failed
         except Exception as exc:
             error = exc
+            if self._pool is None:
+                self.rt.flush(raise_late=False)
         return Outcome(key, md, error, pointers, time.perf_counter() - start)
 
     def _await(self, result: Any) -> Any:

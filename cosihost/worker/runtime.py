@@ -1,10 +1,12 @@
 """The ``rt`` handle a controller's ``reconcile`` receives.
 
 Reads come from the local cache (which includes the controller's own
-acknowledged writes); writes go to the supervisor, which checks them
-against the declaration. The handle also checks locally, so a controller
-learns of a mistake at the call that makes it, with the same error the
-supervisor would send.
+writes); writes go to the supervisor, which checks them against the
+declaration. The handle also checks locally, so a controller learns of a
+mistake at the call that makes it, with the same error the supervisor would
+send. In a controller process the writes are pipelined (:mod:`.writes`):
+each is sent without waiting for its reply, and all are acknowledged before
+the reconcile counts as returned (:meth:`ControllerRuntime.flush`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..state.inmemory import recorded_in_transaction
 from ..state.modify import modify_spec
 from ..state.txn import Key, Op, Transaction, open_transaction, outside_transaction, teardown_and_destroy
 from .cache import Cache
+from .writes import InFlight
 
 
 @dataclasses.dataclass
@@ -54,10 +57,12 @@ class ControllerRuntime:
     """What ``reconcile(rt)`` may do. One per controller process."""
 
     def __init__(self, name: str, requester: Requester, cache: Cache, *,
-                 inputs: Sequence[Input], outputs: Sequence[Output]) -> None:
+                 inputs: Sequence[Input], outputs: Sequence[Output], in_flight: InFlight | None = None) -> None:
         self.name = name
         self._req = requester
         self._cache = cache
+        #: The pipelined writes; None: each write waits for its reply.
+        self._in_flight = in_flight
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.counters = Counters()
@@ -113,20 +118,53 @@ class ControllerRuntime:
         return [unpack(b) for b in blobs]
 
     # -- writes ----------------------------------------------------------
+    def _wrote(self, key: Key) -> None:
+        self.counters.writes += 1
+        if self._tracking is not None and any(o.type == key[1] for o in self.outputs):
+            self._tracking.add(key)
+
     def _write(self, op: str, key: tuple[str, str, str], **args: Any) -> Any:
         namespace, type, id = key
-        self.counters.writes += 1
         self._cache.ensure(namespace, type)
         reply = self._req.call(op, owner=self.name, **args)
         self._cache.record_write(namespace, type, id, reply["seq"], reply.get("resource"))
-        if self._tracking is not None and any(o.type == type for o in self.outputs):
-            self._tracking.add(key)
+        self._wrote(key)
         return reply
+
+    def _pipelined(self) -> InFlight | None:
+        """The pipeline, unless writes wait one by one (in a harness, or
+        once the supervisor throttled this controller)."""
+        flight = self._in_flight
+        return None if flight is None or flight.throttled else flight
+
+    def _send(self, flight: InFlight, op: Op) -> Any:
+        self._cache.ensure(op.namespace, op.type)
+        result = flight.write(op)
+        self._wrote(op.key)
+        return result
+
+    def flush(self, *, raise_late: bool = True) -> None:
+        """Wait until every write so far is acknowledged; raise the first one
+        the supervisor refused although the cache allowed it (the scheduler
+        calls this when a reconcile returns, so such a refusal fails it)."""
+        if self._in_flight is not None:
+            self._in_flight.flush(raise_late=raise_late)
+
+    def flushed(self, verb: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``verb(*args, **kwargs)``, then :meth:`flush`: a write that waits
+        for its reply (a QController's reconcile threads write this way)."""
+        result = verb(*args, **kwargs)
+        self.flush()
+        return result
 
     @recorded_in_transaction
     def create(self, resource: Resource) -> Resource:
         md = resource.metadata
         self._writable(md.type)
+        flight = self._pipelined()
+        if flight is not None:
+            created: Resource = self._send(flight, Op.write("create", resource, owner=self.name))
+            return created
         reply = self._write("create", md.key(), resource=pack(resource))
         return unpack(reply["resource"])
 
@@ -134,6 +172,11 @@ class ControllerRuntime:
     def update(self, resource: Resource, *, expected_phase: str | None = "running") -> Resource:
         md = resource.metadata
         self._writable(md.type)
+        flight = self._pipelined()
+        if flight is not None:
+            updated: Resource = self._send(flight, Op.write("update", resource, owner=self.name,
+                                                            expected_phase=expected_phase))
+            return updated
         reply = self._write("update", md.key(), resource=pack(resource),
                             expected_phase=expected_phase)
         return unpack(reply["resource"])
@@ -163,11 +206,18 @@ class ControllerRuntime:
     @recorded_in_transaction
     def destroy(self, namespace: str, type: str, id: str) -> None:
         self._writable(type)
+        flight = self._pipelined()
+        if flight is not None:
+            self._send(flight, Op("destroy", namespace, type, id, owner=self.name).checked())
+            return
         self._write("destroy", (namespace, type, id), namespace=namespace, type=type, id=id)
 
     @recorded_in_transaction
     def teardown(self, namespace: str, type: str, id: str) -> bool:
         self._writable(type)
+        flight = self._pipelined()
+        if flight is not None:
+            return bool(self._send(flight, Op("teardown", namespace, type, id, owner=self.name).checked()))
         return bool(self._write("teardown", (namespace, type, id), namespace=namespace, type=type,
                                 id=id)["ready"])
 
@@ -185,6 +235,11 @@ class ControllerRuntime:
 
     def _finalizers(self, op: str, namespace: str, type: str, id: str, finalizers: tuple[str, ...]) -> Resource:
         self._strong_input(namespace, type)
+        flight = self._pipelined()
+        if flight is not None:
+            changed: Resource = self._send(flight, Op(op, namespace, type, id, owner=self.name,
+                                                      finalizers=tuple(finalizers)).checked())
+            return changed
         reply = self._write(op, (namespace, type, id), namespace=namespace, type=type, id=id,
                             finalizers=list(finalizers))
         return unpack(reply["resource"])

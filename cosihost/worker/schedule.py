@@ -24,9 +24,9 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..resource import PHASE_TEARING_DOWN, Resource
+from ..resource import PHASE_TEARING_DOWN
 from ..state.events import DESTROYED
-from ..wire import RECONCILE_BUCKETS, Histogram
+from ..wire import RECONCILE_BUCKETS, Change, Histogram
 
 log = logging.getLogger("cosihost.worker")
 
@@ -53,11 +53,18 @@ class Scheduler:
         self._event_loop = None
 
     def _reconcile(self) -> None:
-        result = self.controller.reconcile(self.rt)
-        if inspect.isawaitable(result):
-            if self._event_loop is None:
-                self._event_loop = asyncio.new_event_loop()
-            self._event_loop.run_until_complete(result)
+        """One reconcile, returned once its writes are acknowledged: a write
+        refused on arrival fails it (see :mod:`.writes`)."""
+        try:
+            result = self.controller.reconcile(self.rt)
+            if inspect.isawaitable(result):
+                if self._event_loop is None:
+                    self._event_loop = asyncio.new_event_loop()
+                self._event_loop.run_until_complete(result)
+        except BaseException:
+            self.rt.flush(raise_late=False)  # settle the cache; the reconcile failed anyway
+            raise
+        self.rt.flush()
 
     def attempts(self) -> int:
         return int(self.rt.counters.reconciles + self.rt.counters.crashes)
@@ -76,13 +83,13 @@ class Scheduler:
             at = min(at, self.rt.requeue_at)
         return at
 
-    def on_change(self, namespace: str, type: str, kind: str, res: Resource) -> None:
+    def on_change(self, namespace: str, type: str, kind: str, change: Change) -> None:
         for i in self.rt.inputs:
             if i.namespace != namespace or i.type != type:
                 continue
-            if i.id is not None and i.id != res.metadata.id:
+            if i.id is not None and i.id != change.id:
                 continue
-            if i.kind == "destroy-ready" and not _destroy_ready(kind, res):
+            if i.kind == "destroy-ready" and not _destroy_ready(kind, change):
                 continue
             if not self.dirty:
                 self.rt.counters.wakeups += 1
@@ -116,6 +123,7 @@ def close_controller(controller: Any, rt: Any, event_loop: asyncio.AbstractEvent
     event loop its async reconciles ran on."""
     try:
         controller.shutdown(rt)
+        rt.flush()  # what the hook wrote is acknowledged before the process ends
     except Exception:
         log.exception("shutdown hook failed")
     if event_loop is not None:
@@ -131,6 +139,5 @@ def scheduler_for(controller: Any, rt: Any, **options: Any) -> Any:
     return Scheduler(controller, rt, **options)
 
 
-def _destroy_ready(kind: str, res: Resource) -> bool:
-    md = res.metadata
-    return kind != DESTROYED and md.phase == PHASE_TEARING_DOWN and not md.finalizers
+def _destroy_ready(kind: str, change: Change) -> bool:
+    return kind != DESTROYED and change.phase == PHASE_TEARING_DOWN and change.finalizers_empty

@@ -58,7 +58,6 @@ FORBIDDEN = [b"", b"default\x00", b"default\x00Sec", b"elsewhere\x00", wire.topi
 SNOOP = '''
 import os, time, zmq
 from cosihost import Controller, Input, NotFoundError, Output, Resource, wire
-from cosihost.resource import unpack
 
 class Snoop(Controller):
     name = "test.Snoop"
@@ -119,8 +118,8 @@ def snoop(rt, rid, spec):
                     if isinstance(msg, wire.ProbeMessage):
                         continue
                     key = topic.hex()
-                    received[name][key] = received[name].get(key, 0) + 1
-                    if topic == spec["barrier"] and unpack(msg.blob).metadata.id == spec["barrier_id"]:
+                    received[name][key] = received[name].get(key, 0) + len(msg.changes)
+                    if topic == spec["barrier"] and any(c.id == spec["barrier_id"] for c in msg.changes):
                         pending.discard(name)
         return {"received": received, "unfinished": sorted(pending), "token": rt._req.token, "pid": os.getpid()}
     finally:
@@ -200,15 +199,16 @@ while pending and time.monotonic() < deadline:
         while sock.poll(0 if name == "suspect" else 50):
             topic, body = sock.recv_multipart()
             msg = msgpack.unpackb(body)
-            if msg[0] != "ev":
+            if msg[0] != "evs":
                 continue
-            received[name][topic.hex()] = received[name].get(topic.hex(), 0) + 1
-            if topic == barrier and msgpack.unpackb(msg[4])[2] == cfg["barrier_id"]:
+            received[name][topic.hex()] = received[name].get(topic.hex(), 0) + len(msg[2])
+            if topic == barrier and any(row[2] == cfg["barrier_id"] for row in msg[2]):
                 pending.discard(name)
 while suspect.poll(0):  # whatever reached the suspect before the witness's barrier
     topic, body = suspect.recv_multipart()
-    if msgpack.unpackb(body)[0] == "ev":
-        received["suspect"][topic.hex()] = received["suspect"].get(topic.hex(), 0) + 1
+    msg = msgpack.unpackb(body)
+    if msg[0] == "evs":
+        received["suspect"][topic.hex()] = received["suspect"].get(topic.hex(), 0) + len(msg[2])
 print(json.dumps({"received": received, "unfinished": sorted(pending)}), flush=True)
 ctx.destroy(0)
 '''

@@ -32,7 +32,6 @@ DROPPED, KEPT = "dropped", "kept"  # namespaces of INTS
 SHRINKER = '''
 import os, time, zmq
 from cosihost import Controller, Input, NotFoundError, Output, Resource, wire
-from cosihost.resource import unpack
 
 ORDERS, INTS, REPORTS = "Orders.test.cosihost.dev", "Ints.test.cosihost.dev", "Reports.test.cosihost.dev"
 
@@ -73,8 +72,8 @@ def shrink(rt, name, spec):
     def take(label):
         topic, body = socks[label].recv_multipart()
         msg = wire.decode_published(body)
-        if isinstance(msg, wire.EventMessage):
-            counts[label][topic.hex()] = counts[label].get(topic.hex(), 0) + 1
+        if isinstance(msg, wire.EventBatch):
+            counts[label][topic.hex()] = counts[label].get(topic.hex(), 0) + len(msg.changes)
         return topic, msg
 
     def prove(label, topic, nonce):
@@ -105,8 +104,8 @@ def shrink(rt, name, spec):
             for label in list(pending):
                 while socks[label].poll(50):
                     topic, msg = take(label)
-                    if topic == kept and isinstance(msg, wire.EventMessage) and \\
-                            unpack(msg.blob).metadata.id == spec["barrier_id"]:
+                    if topic == kept and isinstance(msg, wire.EventBatch) and \\
+                            any(ch.id == spec["barrier_id"] for ch in msg.changes):
                         pending.discard(label)
         return {{"counts": counts, "unfinished": sorted(pending), "pid": os.getpid()}}
     finally:

@@ -406,6 +406,37 @@ def test_broken_envelopes_are_dropped(world):
     still_serving(sup, before, "after-envelopes")
 
 
+def test_a_batch_of_requests_is_answered_in_order(world):
+    """``[b"", BATCH, request, ...]``: each request answered as if alone; those
+    marked ``batch`` in one message, in order, the others one by one. A batch
+    marker with no request after it is a body of its own: an error reply."""
+    sup, ctx, _token, before = world
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"ipc://{sup.runtime_dir / wire.API_SOCKET}")
+    try:
+        dealer.send_multipart([b"", wire.BATCH])
+        assert dealer.poll(REPLY_TIMEOUT_MS, zmq.POLLIN)
+        parts = dealer.recv_multipart()
+        assert parts[0] == b"" and len(parts) == 2 and check_reply(parts[1]).code == INVALID
+        dealer.send_multipart([b"", wire.BATCH, frame("ping", request_id="alone", batch=False),
+                               frame("ping", request_id="b1", batch=True), b"junk",
+                               frame("ping", request_id="b2", batch=True)])
+        assert dealer.poll(REPLY_TIMEOUT_MS, zmq.POLLIN)
+        parts = dealer.recv_multipart()
+        assert parts[0] == b"" and len(parts) == 2 and check_reply(parts[1]).rid == "alone"
+        assert dealer.poll(REPLY_TIMEOUT_MS, zmq.POLLIN)
+        parts = dealer.recv_multipart()  # the junk's error reply names no request: alone
+        assert parts[0] == b"" and len(parts) == 2 and check_reply(parts[1]).code == INVALID
+        assert dealer.poll(REPLY_TIMEOUT_MS, zmq.POLLIN)
+        parts = dealer.recv_multipart()
+        assert parts[0] == b"" and [check_reply(p).rid for p in parts[1:]] == ["b1", "b2"]
+        assert dealer.poll(200, zmq.POLLIN) == 0  # nothing else was answered
+    finally:
+        dealer.close(linger=0)
+    still_serving(sup, before, "after-batch")
+
+
 def test_retried_writes_are_applied_once(world):
     """Lazy Pirate: the same request (same rid and token) resent on a fresh
     socket gets the first reply, and the write happens once."""

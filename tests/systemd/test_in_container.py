@@ -275,6 +275,40 @@ def test_each_controller_runs_in_a_cgroup_of_its_own(container):
     assert len(set(below.values())) == len(below), f"controllers share a cgroup: {below}"
 
 
+def test_each_controller_runs_as_a_user_of_its_own_under_the_hardened_unit(container):
+    """Isolation is on by default under the shipped unit (the supervisor is
+    root): every controller process has a uid of its own, not root's, with
+    no_new_privs, and the unit keeps its hardening."""
+    container.ensure_started()
+    hardening = container.show("NoNewPrivileges", "ProtectHome", "PrivateTmp", "RestrictSUIDSGID")
+    # ProtectHome= is relaxed to read-only by the test's drop-in when this interpreter lives in a home
+    assert hardening["ProtectHome"] in ("yes", "read-only"), hardening
+    assert {k: v for k, v in hardening.items() if k != "ProtectHome"} == {
+        "NoNewPrivileges": "yes", "PrivateTmp": "yes", "RestrictSUIDSGID": "yes"}, hardening
+    main_pid = container.show("MainPID")["MainPID"]
+    assert _uids(container, int(main_pid)) == (0, 0), "the supervisor runs as root under the unit"
+    pids = container.controller_pids()
+    assert pids, "no controller processes"
+    uids = {name: _uids(container, pid) for name, pid in pids.items()}
+    print(f"controller uids: {uids}")
+    assert all(real != 0 and effective != 0 for real, effective in uids.values()), uids
+    assert len({real for real, _ in uids.values()}) == len(uids), f"controllers share a uid: {uids}"
+    for name, pid in pids.items():
+        status = container.run("cat", f"/proc/{pid}/status").stdout
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), f"{name} lacks no_new_privs"
+    statuses = container.client("list", STATUS_TYPE)
+    modes = {name: (spec.get("isolation") or {}).get("mode") for name, spec in statuses.items()}
+    assert all(mode not in (None, "none") for mode in modes.values()), modes
+
+
+def _uids(container, pid: int) -> tuple[int, int]:
+    """The real and effective uid of ``pid`` inside the container."""
+    status = container.run("cat", f"/proc/{pid}/status").stdout
+    fields = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+    assert fields, status
+    return int(fields.group(1)), int(fields.group(2))
+
+
 def test_watchdog_kills_a_stopped_supervisor_and_restart_brings_it_back(container):
     container.ensure_started()
     before = container.show("MainPID", "NRestarts")

@@ -72,11 +72,16 @@ class Mirror(Settling, InMemoryState):
 
     def __init__(self, config: EtcdConfig, *, namespaces: Iterable[str] | None = None,
                  history: int = DEFAULT_HISTORY, on_event: EventHook | None = None,
+                 on_changes_done: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time, wait: bool = True) -> None:
         """Read the prefix, then follow it. With ``wait`` False an etcd that
         cannot be reached now is not an error: the mirror keeps trying in
-        the background and is :attr:`ready` once it has read the prefix."""
+        the background and is :attr:`ready` once it has read the prefix.
+        ``on_changes_done`` is called after each group of events that ends
+        on a whole revision (a watch response, a resync, acknowledged writes
+        applied), so a publisher can hold a revision's events together."""
         super().__init__(history=history, on_event=on_event, clock=clock)
+        self._on_changes_done = on_changes_done
         self.config = config
         self._namespaces = None if namespaces is None else frozenset(namespaces)
         self._conn = Connection(config)
@@ -195,6 +200,7 @@ class Mirror(Settling, InMemoryState):
                     self._apply(*names, ev.kv.value if ev.type == PUT else None, rev, partial=partial)
                 self._applied = rev
             self._drain_pending()
+            self._changes_done()
             self._applying.notify_all()
 
     def known_current(self) -> bool:
@@ -239,6 +245,7 @@ class Mirror(Settling, InMemoryState):
                 self._apply(*names, None, header.revision, partial=partial)
             self._applied = self._start = max(self._applied, header.revision)
             self._drain_pending()
+            self._changes_done()
             for coll in list(self._collections.values()):
                 with coll.cond:  # histories are complete from here on
                     coll.base_seq, coll.base_rev = coll.history.seq, self._start  # type: ignore[attr-defined]

@@ -54,6 +54,8 @@ class Settling:
     _seen: int
     _seen_lock: threading.Lock
     _stop: threading.Event
+    #: Called after each group of events that ends on a whole revision.
+    _on_changes_done: Callable[[], None] | None
 
     def _apply(self, ns: str, typ: str, rid: str, blob: bytes | None, rev: int, *,
                partial: bool = False) -> Record | None:
@@ -77,6 +79,7 @@ class Settling:
             if rev > self._applied and written:
                 self._pending[rev] = list(written.items())
                 self._drain_pending()
+                self._changes_done()
             if self._wait_for(rev, then, single=len(written) == 1):
                 return
             record = self._recent.get(rev) if len(written) == 1 else None
@@ -116,6 +119,11 @@ class Settling:
             log.warning("etcd watch is behind (at %d, wrote %d)", self._applied, max(w[0] for w in late))
             for _rev, _order, _deadline, then in late:
                 self._defer(lambda then=then: then(None))  # type: ignore[misc]
+
+    def _changes_done(self) -> None:
+        """Every event emitted so far ends on a whole revision (under ``_applying``)."""
+        if self._on_changes_done is not None:
+            self._on_changes_done()
 
     def _drain_pending(self) -> None:
         """Apply acknowledged writes that follow on without a gap (under
