@@ -86,7 +86,8 @@ def test_a_controller_keeps_what_it_declares_and_what_its_table_grants(tmp_path:
     assert iso.kept("b.Y", _decl("b.Y", ["CAP_CHOWN"])) == ["CAP_CHOWN"]
     assert iso.refusal("a.X", _decl("a.X", ["CAP_NET_ADMIN"])) == \
         'a.X declares CAP_NET_ADMIN, which [isolation.controllers."a.X"] deny refuses'
-    assert iso.refusal("a.X", _decl("a.X", ["CAP_NET_RAW"])) == "a.X declares CAP_NET_RAW, which [isolation] deny refuses"
+    assert iso.refusal("a.X", _decl("a.X", ["CAP_NET_RAW"])) == \
+        "a.X declares CAP_NET_RAW, which [isolation] deny refuses"
     assert iso.refusal("b.Y", _decl("b.Y", ["CAP_SYS_ADMIN"])) == \
         "b.Y declares CAP_SYS_ADMIN, which [isolation] deny refuses"
     identity = iso.assign("a.X", _decl("a.X"))
