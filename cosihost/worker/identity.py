@@ -26,9 +26,11 @@ usual installation reads, and no more, since the files' own modes apply.
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import os
 import sys
-from typing import Any
+from types import ModuleType
+from typing import Any, Sequence
 
 PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 24, 38, 47
 PR_CAP_AMBIENT_RAISE = 2
@@ -121,27 +123,48 @@ def open_dirs(paths: list[str]) -> dict[str, int]:
 
 
 def reroute(handles: dict[str, int]) -> None:
-    """Name each import folder the new user cannot enter by its descriptor,
-    in ``sys.path`` and in the ``__path__`` of packages already imported
-    from it (their submodules load later); close the others."""
+    """Name each import folder the new user cannot enter by its descriptor:
+    in ``sys.path``, and for the packages already imported from it (their
+    submodules load later) by a finder asked first, which looks in their
+    ``__path__`` renamed. The packages themselves are left untouched: in a
+    zygote child, writing to each one's ``__path__`` would copy a page of
+    the zygote's memory per package (about 1 MB per controller). The
+    descriptors of folders the user can enter are closed."""
     moved: dict[str, str] = {}
     for path, fd in handles.items():
         if os.access(path, os.R_OK | os.X_OK):
             os.close(fd)
         else:
             moved[path] = f"/proc/self/fd/{fd}"
-    if not moved:
-        return
+    if moved:
+        rename = _Renamer(moved)
+        sys.path[:] = [rename(p) for p in sys.path]
+        sys.meta_path.insert(0, _MovedPackages(rename))
 
-    def rename(entry: str) -> str:
-        for old, new in moved.items():
+
+class _Renamer:
+    def __init__(self, moved: dict[str, str]) -> None:
+        self.moved = moved
+
+    def __call__(self, entry: str) -> str:
+        for old, new in self.moved.items():
             if entry == old or entry.startswith(old + os.sep):
                 return new + entry[len(old):]
         return entry
 
-    sys.path[:] = [rename(p) for p in sys.path]
-    for mod in list(sys.modules.values()):
-        paths = getattr(mod, "__path__", None)
-        if isinstance(paths, list):
-            paths[:] = [rename(p) if isinstance(p, str) else p for p in paths]
-    sys.path_importer_cache.clear()
+
+class _MovedPackages:
+    """A meta path finder: a submodule of a package whose folder moved is
+    looked up in the renamed folder (the default finders would try the old
+    path and fail with EACCES)."""
+
+    def __init__(self, rename: _Renamer) -> None:
+        self.rename = rename
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if path is None:
+            return None  # top level: sys.path is renamed already
+        entries = [self.rename(p) if isinstance(p, str) else p for p in path]
+        if entries == list(path):
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, entries, target)

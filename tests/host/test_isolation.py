@@ -162,7 +162,9 @@ class {cls}(Controller):
 
     def reconcile(self, rt):
         import colorsys, xml.dom.minidom  # first imported here, long after the process took its user
-        rt.modify("imports", "{imports}{cls}", "x", lambda s: s.update(uid=os.getuid(), loaded=xml.dom.minidom.__name__))
+        import logging.handlers, zmq.utils.monitor  # submodules of packages the zygote had imported
+        loaded = [m.__name__ for m in (xml.dom.minidom, logging.handlers, zmq.utils.monitor)]
+        rt.modify("imports", "{imports}{cls}", "x", lambda s: s.update(uid=os.getuid(), loaded=loaded))
 '''
 
 
@@ -182,7 +184,8 @@ def test_isolation_is_on_by_default_and_controllers_import_wherever_python_lives
     sup = supervisor_factory(config=config, controllers={"importer": IMPORTER.format(cls="Importer", imports=IMPORTS)})
     spec = _imported(sup, "Importer")
     status = sup.statuses()["test.Importer"]
-    assert spec == {"uid": status["isolation"]["uid"], "loaded": "xml.dom.minidom"}, (spec, sys.prefix)
+    assert spec == {"uid": status["isolation"]["uid"],
+                    "loaded": ["xml.dom.minidom", "logging.handlers", "zmq.utils.monitor"]}, (spec, sys.prefix)
     assert spec["uid"] >= 3_000_000 and status["restarts"] == 0 and status["last_exit"] is None
     assert status["isolation"]["mode"] == "dynamic-user" and status["isolation"]["no_new_privs"] is True
     assert _wide_row(sup, "test.Importer")[-2:] == ["uid", str(spec["uid"])]
