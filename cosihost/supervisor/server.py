@@ -642,6 +642,8 @@ class Supervisor:
         try:
             self._serve_some(budget, batches)
         finally:
+            if batches:
+                self._flush_events()  # watchers need not wait for the pipelined writers' answers
             for envelope, answers in batches.items():
                 self.router.send_multipart([*envelope, *answers])
 
