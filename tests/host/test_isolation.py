@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -44,6 +45,23 @@ class Rogue(Controller):
             if libc.ptrace(16, sup, None, None) != 0:  # PTRACE_ATTACH
                 raise OSError(ctypes.get_errno(), "ptrace")
 
+        def cgroup_of(pid):
+            """The folder of ``pid``'s memory cgroup (v1) or of its cgroup2 node."""
+            unified = ""
+            for line in open(f"/proc/{{pid}}/cgroup"):
+                num, controllers, path = line.rstrip("\\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    return "/sys/fs/cgroup/memory" + path
+                if num == "0":
+                    unified = "/sys/fs/cgroup" + path
+            return unified
+
+        def raise_own_limit(folder):
+            name = "memory.limit_in_bytes" if os.path.exists(os.path.join(folder, "memory.limit_in_bytes")) \\
+                else "memory.max"
+            with open(os.path.join(folder, name), "w") as fh:
+                fh.write("max" if name == "memory.max" else "-1")
+
         def attempt(what, fn):
             try:
                 fn()
@@ -63,6 +81,9 @@ class Rogue(Controller):
         attempt("write in the runtime folder", lambda: open("{rd}/rogue", "w").close())
         attempt("write in /etc", lambda: open("/etc/cosihost-rogue", "w").close())
         attempt("setuid(0)", lambda: os.setuid(0))
+        attempt("join another controller's cgroup",
+                lambda: open(os.path.join(cgroup_of(other), "cgroup.procs"), "w").write(str(os.getpid())))
+        attempt("raise its own memory limit", lambda: raise_own_limit(cgroup_of(os.getpid())))
         rt.modify("rogue", "{attempts}", "all", lambda s: s.update(results=results, uid=os.getuid()))
 '''
 
@@ -79,10 +100,15 @@ def test_a_rogue_controller_cannot_touch_what_is_not_its_own(supervisor_factory)
         spec = wait_for(lambda: [r.spec for r in c.list("rogue", ATTEMPTS)], message="the rogue's attempts")[0]
     assert spec["uid"] >= 3_000_000
     assert spec["results"] and all(r != "succeeded" for r in spec["results"].values()), spec["results"]
+    for what in ("join another controller's cgroup", "raise its own memory limit"):  # refused, not missing
+        assert spec["results"][what] in ("EACCES", "EPERM", "EROFS"), spec["results"]
     status = sup.statuses()["test.Rogue"]
     assert status["state"] == "running" and status["isolation"]["uid"] == spec["uid"]
     assert status["isolation"]["no_new_privs"] is True
-    relay = sup.statuses()["test.Relay"]["isolation"]["uid"]
+    relay_status = sup.statuses()["test.Relay"]
+    if str(relay_status.get("mechanism", "")).startswith("cgroup"):  # then "another controller's cgroup" is its own
+        assert Path(f"/proc/{other}/cgroup").read_text() != Path(f"/proc/{sup.pid}/cgroup").read_text()
+    relay = relay_status["isolation"]["uid"]
     assert relay != spec["uid"] and psutil.Process(other).uids().real == relay
 
 
