@@ -31,6 +31,7 @@ from typing import Any, Callable
 import zmq
 
 from . import wire
+from .frames import send_frames
 from .errors import ThrottledError, UnavailableError, error_from_code
 from .transport import Requester
 
@@ -116,9 +117,9 @@ class Pipeline(Requester):
             return
         sock = self._socket()
         if len(outbox) == 1:
-            sock.send_multipart([b"", outbox[0]])
+            send_frames(sock, (b"", outbox[0]))
         else:
-            sock.send_multipart([b"", wire.BATCH, *outbox])
+            send_frames(sock, [b"", wire.BATCH, *outbox])
         outbox.clear()
         self._pushed = time.monotonic()
 

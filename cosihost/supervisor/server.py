@@ -41,6 +41,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import wire
+from ..frames import send_frames
 from ..errors import AccessDeniedError, InvalidRequestError
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
@@ -265,9 +266,9 @@ class Supervisor:
             self.outbox.flush(self.state.epoch, self._send_published)
 
     def _send_published(self, frames: list[bytes]) -> None:
-        self.pub.send_multipart(frames)
+        send_frames(self.pub, frames)
         if self.remote_pub is not None:
-            self.remote_pub.send_multipart(frames)
+            send_frames(self.remote_pub, frames)
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
@@ -645,7 +646,7 @@ class Supervisor:
             if batches:
                 self._flush_events()  # watchers need not wait for the pipelined writers' answers
             for envelope, answers in batches.items():
-                self.router.send_multipart([*envelope, *answers])
+                send_frames(self.router, [*envelope, *answers])
 
     def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
         while budget > 0:
@@ -669,7 +670,7 @@ class Supervisor:
                 if answer is not None and self.api.batched:
                     batches.setdefault(tuple(envelope), []).append(answer)
                 elif answer is not None:
-                    self.router.send_multipart(envelope + [answer])
+                    send_frames(self.router, envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:
         """Requests from remote peers: each acts as its key's role allows."""
@@ -696,7 +697,7 @@ class Supervisor:
 
         def respond(reply: Reply) -> None:
             reply.rid = rid
-            out.send_multipart(envelope + [wire.encode_reply(reply)])
+            send_frames(out, envelope + [wire.encode_reply(reply)])
         return respond
 
     def _shutdown(self) -> None:
