@@ -31,7 +31,7 @@ from typing import Any, Callable
 import zmq
 
 from . import wire
-from .frames import send_frames
+from .frames import has_input, send_frames
 from .errors import ThrottledError, UnavailableError, error_from_code
 from .transport import Requester
 
@@ -126,7 +126,7 @@ class Pipeline(Requester):
     def take_replies(self) -> None:
         """Take the replies that have arrived, without waiting."""
         sock = self._sock
-        while sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while sock is not None and has_input(sock):
             self._take(sock)
 
     def wait(self, pending: Pending) -> wire.Reply:

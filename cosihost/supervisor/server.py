@@ -41,7 +41,7 @@ from typing import Any, Callable
 import zmq
 
 from .. import wire
-from ..frames import send_frames
+from ..frames import has_input, send_frames
 from ..errors import AccessDeniedError, InvalidRequestError
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
@@ -651,7 +651,7 @@ class Supervisor:
     def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
         while budget > 0:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
-            if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not has_input(self.router):
                 return
             if self.settings.access_writers is not None:
                 parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -677,7 +677,7 @@ class Supervisor:
         sock = self.remote_router
         assert sock is not None
         for _ in range(budget):
-            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not has_input(sock):
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             if len(frames) < 3 or frames[-2].bytes != b"":
