@@ -31,6 +31,7 @@ from typing import Any, Callable
 import zmq
 
 from . import wire
+from .frames import has_input, send_frames
 from .errors import ThrottledError, UnavailableError, error_from_code
 from .transport import Requester
 
@@ -116,16 +117,16 @@ class Pipeline(Requester):
             return
         sock = self._socket()
         if len(outbox) == 1:
-            sock.send_multipart([b"", outbox[0]])
+            send_frames(sock, (b"", outbox[0]))
         else:
-            sock.send_multipart([b"", wire.BATCH, *outbox])
+            send_frames(sock, [b"", wire.BATCH, *outbox])
         outbox.clear()
         self._pushed = time.monotonic()
 
     def take_replies(self) -> None:
         """Take the replies that have arrived, without waiting."""
         sock = self._sock
-        while sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while sock is not None and has_input(sock):
             self._take(sock)
 
     def wait(self, pending: Pending) -> wire.Reply:

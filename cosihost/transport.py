@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .frames import has_input
 from .keys import ClientKey
 from .errors import AccessDeniedError, ThrottledError, UnavailableError, error_from_code
 
@@ -199,7 +200,7 @@ class Subscriber:
         if self._queued:
             return self._queued.popleft()
         if timeout == 0:  # the drain after an event: no Poller needed to ask
-            while int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            while has_input(self.sock):
                 topic, msg = self._recv_raw()
                 if isinstance(msg, wire.EventBatch):
                     return topic, msg

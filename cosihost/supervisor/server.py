@@ -29,6 +29,7 @@ import zmq
 
 from .. import wire
 from ..errors import InvalidRequestError
+from ..frames import has_input, send_frames
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
 from ..keys import server_keys
@@ -245,9 +246,9 @@ class Supervisor:
             self.outbox.flush(self.state.epoch, self._send_published)
 
     def _send_published(self, frames: list[bytes]) -> None:
-        self.pub.send_multipart(frames)
+        send_frames(self.pub, frames)
         if self.remote_pub is not None:
-            self.remote_pub.send_multipart(frames)
+            send_frames(self.remote_pub, frames)
 
     def offload(self, work: Callable[[], Any], respond: Callable[[Reply], None]) -> None:
         self.remote.submit(work, respond)
@@ -497,12 +498,12 @@ class Supervisor:
             if batches:
                 self._flush_events()  # watchers need not wait for the pipelined writers' answers
             for envelope, answers in batches.items():
-                self.router.send_multipart([*envelope, *answers])
+                send_frames(self.router, [*envelope, *answers])
 
     def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
         while budget > 0:
             # Asking is cheaper than catching zmq.Again at the end of every batch.
-            if not int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not has_input(self.router):
                 return
             if self.settings.access_writers is not None:
                 parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -521,14 +522,14 @@ class Supervisor:
                 if answer is not None and self.api.batched:
                     batches.setdefault(tuple(envelope), []).append(answer)
                 elif answer is not None:
-                    self.router.send_multipart(envelope + [answer])
+                    send_frames(self.router, envelope + [answer])
 
     def _serve_remote_requests(self, budget: int = 256) -> None:
         """Requests from remote peers: each acts as its key's role allows."""
         sock = self.remote_router
         assert sock is not None
         for _ in range(budget):
-            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not has_input(sock):
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             if len(frames) < 3 or frames[-2].bytes != b"":
@@ -548,7 +549,7 @@ class Supervisor:
 
         def respond(reply: Reply) -> None:
             reply.rid = rid
-            out.send_multipart(envelope + [wire.encode_reply(reply)])
+            send_frames(out, envelope + [wire.encode_reply(reply)])
         return respond
 
     def _shutdown(self) -> None:
