@@ -541,7 +541,7 @@ class Supervisor:
             answer = self.api.handle(frames[-1].bytes, functools.partial(self._responder, envelope, sock=sock),
                                      remote=peer)
             if answer is not None:
-                sock.send_multipart(envelope + [answer])
+                send_frames(sock, envelope + [answer])
 
     def _responder(self, envelope: list[bytes], rid: str, *,
                    sock: "zmq.Socket[bytes] | None" = None) -> Callable[[Reply], None]:
