@@ -286,27 +286,27 @@ def test_each_controller_runs_as_a_user_of_its_own_under_the_hardened_unit(conta
     assert {k: v for k, v in hardening.items() if k != "ProtectHome"} == {
         "NoNewPrivileges": "yes", "PrivateTmp": "yes", "RestrictSUIDSGID": "yes"}, hardening
     main_pid = container.show("MainPID")["MainPID"]
-    assert _uids(container, int(main_pid)) == (0, 0), "the supervisor runs as root under the unit"
+    assert _creds(container, int(main_pid))[:2] == (0, 0), "the supervisor runs as root under the unit"
     pids = container.controller_pids()
     assert pids, "no controller processes"
-    uids = {name: _uids(container, pid) for name, pid in pids.items()}
+    creds = {name: _creds(container, pid) for name, pid in pids.items()}
+    uids = {name: (real, effective) for name, (real, effective, _) in creds.items()}
     print(f"controller uids: {uids}")
     assert all(real != 0 and effective != 0 for real, effective in uids.values()), uids
     assert len({real for real, _ in uids.values()}) == len(uids), f"controllers share a uid: {uids}"
-    for name, pid in pids.items():
-        status = container.run("cat", f"/proc/{pid}/status").stdout
-        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), f"{name} lacks no_new_privs"
+    for name, (_, _, no_new_privs) in creds.items():
+        assert no_new_privs, f"{name} lacks no_new_privs"
     statuses = container.client("list", STATUS_TYPE)
     modes = {name: (spec.get("isolation") or {}).get("mode") for name, spec in statuses.items()}
     assert all(mode not in (None, "none") for mode in modes.values()), modes
 
 
-def _uids(container, pid: int) -> tuple[int, int]:
-    """The real and effective uid of ``pid`` inside the container."""
+def _creds(container, pid: int) -> tuple[int, int, bool]:
+    """The real and effective uid of ``pid`` inside the container, and whether it has no_new_privs."""
     status = container.run("cat", f"/proc/{pid}/status").stdout
     fields = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
     assert fields, status
-    return int(fields.group(1)), int(fields.group(2))
+    return int(fields.group(1)), int(fields.group(2)), bool(re.search(r"^NoNewPrivs:\s+1$", status, re.M))
 
 
 def test_watchdog_kills_a_stopped_supervisor_and_restart_brings_it_back(container):
