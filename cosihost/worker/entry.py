@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
+import marshal
 import os
 import signal
 import sys
@@ -40,10 +41,10 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def load_module(path: str, source: bytes | None = None) -> ModuleType:
-    """Import the controller module at ``path``; from ``source`` when given
-    (the supervisor sends it: under its own user a controller may not be
-    able to read the folder the module lives in)."""
+def load_module(path: str, source: bytes | None = None, code: bytes | None = None) -> ModuleType:
+    """Import the controller module at ``path``; from ``code`` (marshalled)
+    or ``source`` when given (the supervisor sends them: under its own user
+    a controller may not be able to read the folder the module lives in)."""
     file = Path(path)
     folder = str(file.resolve().parent)
     if folder not in sys.path:  # helper modules (``_common.py``) beside controllers import plainly
@@ -54,10 +55,12 @@ def load_module(path: str, source: bytes | None = None) -> ModuleType:
         raise ImportError(f"{file} is not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    if source is None:
-        spec.loader.exec_module(module)
-    else:
+    if code is not None:
+        exec(marshal.loads(code), module.__dict__)
+    elif source is not None:
         exec(compile(source, str(file), "exec"), module.__dict__)
+    else:
+        spec.loader.exec_module(module)
     return module
 
 
@@ -107,7 +110,8 @@ def run_config(config: dict[str, Any]) -> int:
     except ImportError:
         pass
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    module = load_module(config["module"], config.get("source"))
+    code = config.get("code") if config.get("magic") == importlib.util.MAGIC_NUMBER else None
+    module = load_module(config["module"], config.get("source"), code)
     classes = {c.__name__: c for c in controllers_of(module)}
     cls = classes.get(config["class"])
     if cls is None:
