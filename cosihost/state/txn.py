@@ -59,10 +59,15 @@ class Op:
     @classmethod
     def write(cls, verb: str, resource: Resource, *, owner: str = "",
               expected_phase: str | None = PHASE_RUNNING) -> "Op":
-        """A create or an update, its resource validated and copied."""
+        """A create or an update, its resource validated and copied (which
+        checks its names: only the phase is left to check)."""
         blob, res = validated(resource)
         md = res.metadata
-        return cls(verb, md.namespace, md.type, md.id, res, blob, _owner(owner), expected_phase).checked()
+        if verb not in ("create", "update"):
+            raise InvalidRequestError(f"transaction: {verb!r} does not take a resource")
+        if expected_phase is not None:
+            check_phase(expected_phase, field="expected_phase")
+        return cls(verb, md.namespace, md.type, md.id, res, blob, _owner(owner), expected_phase)
 
     @classmethod
     def from_blob(cls, verb: str, blob: bytes, *, owner: str = "",

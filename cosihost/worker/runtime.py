@@ -63,8 +63,8 @@ class ControllerRuntime:
         self._cache = cache
         #: The pipelined writes; None: each write waits for its reply.
         self._in_flight = in_flight
-        self.inputs = list(inputs)
-        self.outputs = list(outputs)
+        self.inputs = inputs
+        self.outputs = outputs
         self.counters = Counters()
         self.requeue_at: float | None = None
         self._tracking: set[tuple[str, str, str]] | None = None
@@ -74,16 +74,40 @@ class ControllerRuntime:
         self._owned_synced = False
 
     # -- declaration checks ---------------------------------------------
+    # Every read and write checks the declaration: sets, not scans of the lists.
+    @property
+    def inputs(self) -> builtins.list[Input]:
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, inputs: Sequence[Input]) -> None:
+        self._inputs = builtins.list(inputs)
+        self._input_kinds = frozenset((i.namespace, i.type) for i in self._inputs)
+
+    @property
+    def outputs(self) -> builtins.list[Output]:
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, outputs: Sequence[Output]) -> None:
+        self._outputs = builtins.list(outputs)
+        self._output_types = frozenset(o.type for o in self._outputs)
+
     def _readable(self, namespace: str, type: str) -> None:
-        if any(i.namespace == namespace and i.type == type for i in self.inputs):
-            return
-        if any(o.type == type for o in self.outputs):
-            return
+        try:
+            if (namespace, type) in self._input_kinds or type in self._output_types:
+                return
+        except TypeError:  # not a name at all (unhashable): refused like any other
+            pass
         raise AccessDeniedError(
             f"{self.name} cannot read {namespace}/{type}: not among its inputs or outputs")
 
     def _writable(self, type: str) -> None:
-        if not any(o.type == type for o in self.outputs):
+        try:
+            allowed = type in self._output_types
+        except TypeError:
+            allowed = False
+        if not allowed:
             raise AccessDeniedError(f"{self.name} cannot write {type}: not among its outputs")
 
     # -- reads -----------------------------------------------------------
@@ -137,9 +161,9 @@ class ControllerRuntime:
         flight = self._in_flight
         return None if flight is None or flight.throttled else flight
 
-    def _send(self, flight: InFlight, op: Op) -> Any:
+    def _send(self, flight: InFlight, op: Op, *, current: Resource | None = None) -> Any:
         self._cache.ensure(op.namespace, op.type)
-        result = flight.write(op)
+        result = flight.write(op, current=current)
         self._wrote(op.key)
         return result
 
@@ -170,12 +194,16 @@ class ControllerRuntime:
 
     @recorded_in_transaction
     def update(self, resource: Resource, *, expected_phase: str | None = "running") -> Resource:
+        return self._update(resource, expected_phase)
+
+    def _update(self, resource: Resource, expected_phase: str | None, *,
+                current: Resource | None = None) -> Resource:
         md = resource.metadata
         self._writable(md.type)
         flight = self._pipelined()
         if flight is not None:
             updated: Resource = self._send(flight, Op.write("update", resource, owner=self.name,
-                                                            expected_phase=expected_phase))
+                                                            expected_phase=expected_phase), current=current)
             return updated
         reply = self._write("update", md.key(), resource=pack(resource),
                             expected_phase=expected_phase)
@@ -194,7 +222,9 @@ class ControllerRuntime:
         self._writable(type)
         res, written = modify_spec(namespace, type, id, fn, owner=self.name, get=self.get,
                                    create=self.create, expected_phase=expected_phase,
-                                   update=lambda r: self.update(r, expected_phase=expected_phase),
+                                   # r is the cache's copy as read, its spec replaced: what
+                                   # the update is decided against, with no second read.
+                                   update=lambda r: self._update(r, expected_phase, current=r),
                                    on_conflict=lambda: self._refresh(namespace, type))
         if not written and self._tracking is not None:
             self._tracking.add((namespace, type, id))

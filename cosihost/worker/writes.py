@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConflictError, CosiError, NotFoundError, ThrottledError, error_from_code
 from ..pipeline import Pending, Pipeline
-from ..resource import pack
+from ..resource import Resource, pack
 from ..state.txn import KEEP, Key, Op, decide, result_of
 from .cache import Cache
 
@@ -54,10 +54,12 @@ class InFlight:
         #: after registration (a reload), and the runtime stops pipelining.
         self.throttled = False
 
-    def write(self, op: Op) -> Any:
-        """Decide ``op`` against the cache, send it, and return its result."""
+    def write(self, op: Op, *, current: Resource | None = None) -> Any:
+        """Decide ``op`` against the cache, send it, and return its result.
+        ``current``: what the cache holds for the key, when the caller has
+        just read it (a fresh copy nobody else changes; rt.modify's read)."""
         key = op.key
-        cur = self._cache.get(*key)
+        cur = self._cache.get(*key) if current is None else current
         # op.resource is the op's own decoded copy (Op.write): nobody else holds it.
         out = decide(op, cur, time.time(), new=op.resource)
         if out is not KEEP:
