@@ -3,6 +3,7 @@
 Internal: users reach it through ``cosihost run`` and ``cosihost.Client``.
 """
 
-from .server import AlreadyRunning, Supervisor
+from .rundir import AlreadyRunning
+from .server import Supervisor
 
 __all__ = ["Supervisor", "AlreadyRunning"]

@@ -6,14 +6,14 @@ writes and events leave in exactly the order they happened. Signals and the
 probe threads only wake the loop through a socketpair; the decisions are
 made in :mod:`supervision`.
 
-Who may read which events is decided in :mod:`events_gate`.
+Who may read which events is decided in :mod:`events_gate`; requests are
+read and answered in :mod:`requests`; the runtime folder (its lock, the
+admin token, the sockets' group) is :mod:`rundir`'s.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
-import functools
 import logging
 import os
 import queue
@@ -22,14 +22,13 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
 from .. import wire
 from ..errors import InvalidRequestError
-from ..frames import has_input, send_frames
+from ..frames import send_frames
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
 from ..keys import server_keys
@@ -37,42 +36,19 @@ from ..settings import RemoteAccess, Settings
 from ..state.events import Record
 from ..wire import Reply
 from . import limits as limits_mod
-from . import local_access, processes, remote_access
+from . import local_access, processes, remote_access, rundir
 from .api import Api
 from .events_gate import ZAP_ENDPOINT, EventsGate
 from .metrics import Figures
 from .outbox import EventOutbox
+from .requests import RequestServer, drain
 from .registry import Registry
-from .remote_access import RemotePeer
 from .remote import Answer, RemoteWrites
 from .sdnotify import Notifier
 from .status import STATUS_NAMESPACE, StatusWriter, supervisor_declaration
 from .supervision import Supervision
 
 log = logging.getLogger("cosihost.supervisor")
-
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-def _lock_dir(directory: Path, doing: str) -> Any:
-    """Hold ``directory/supervisor.lock`` for our lifetime: one supervisor per folder."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    lock = open(directory / "supervisor.lock", "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        pid = lock.read().strip() or "?"
-        lock.close()
-        raise AlreadyRunning(f"another supervisor (pid {pid}) is {doing} {directory}") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
 
 
 class Supervisor:
@@ -110,14 +86,11 @@ class Supervisor:
         rd = self.settings.runtime_dir
         rd.mkdir(parents=True, exist_ok=True, mode=0o750)
         os.chmod(rd, 0o750)
-        self._locks = [_lock_dir(rd, "serving")]
+        self._locks = [rundir.lock_dir(rd, "serving")]
         if self.settings.persistent_namespaces:
-            self._locks.append(_lock_dir(self.settings.state_dir, "keeping its state in"))
+            self._locks.append(rundir.lock_dir(self.settings.state_dir, "keeping its state in"))
         self.admin_token = secrets.token_hex(16)
-        token_file = rd / "admin.token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.admin_token)
+        rundir.write_admin_token(rd, self.admin_token)
 
     def _build_state(self) -> None:
         store = None
@@ -136,6 +109,8 @@ class Supervisor:
         self.gate = EventsGate(pub=self.pub, zap=self.zap, settings=self.settings, supervision=self.supervision,
                                admin_token=self.admin_token)
         self.api = Api(self.state, self, admin_token=self.admin_token)
+        self.requests = RequestServer(self.api, self.router, identify_local=self.settings.access_writers is not None,
+                                      flush_events=self._flush_events)
         if self.metrics is not None:
             self.api.stats = self.metrics.requests
             self.metrics_address = self.metrics.serve_http(self.settings.runtime_dir)
@@ -199,7 +174,7 @@ class Supervisor:
         group = iso.group if iso is not None else self.settings.access_group
         self._socket_group = group
         if group is not None:  # controllers under their own uids reach the sockets through it
-            _share_with_group(rd, group)
+            rundir.share_with_group(rd, group)
         if iso is not None:
             iso.open_runtime_dir(rd)
         self.remote_router: "zmq.Socket[bytes] | None" = None
@@ -432,11 +407,11 @@ class Supervisor:
             if self.pub in events:
                 self.gate.serve_subscriptions()  # before requests: a probe then finds them applied
             if self.router in events:
-                self._serve_requests()
+                self.requests.serve()
             if self.remote_router is not None and self.remote_router in events:
-                self._serve_remote_requests()
+                self.requests.serve_remote(self.remote_router)
             if self.remote_pub is not None and self.remote_pub in events:
-                _drain(self.remote_pub)  # remote roles read everything: subscriptions apply themselves
+                drain(self.remote_pub)  # remote roles read everything: subscriptions apply themselves
             self._flush_events()  # the requests' events leave before the housekeeping
             if woke or self.supervision.stopping:
                 self.supervision.reap()
@@ -469,88 +444,8 @@ class Supervisor:
                 self.supervision.stop_all()
             elif sig == signal.SIGHUP and not self.supervision.stopping:
                 log.info("reloading on SIGHUP")
-                self._reshare_runtime_dir()
+                rundir.reshare(self.settings.runtime_dir, self._socket_group)
                 self._start_scan()
-
-    def _reshare_runtime_dir(self) -> None:
-        """Give the runtime folder back to the socket group if it lost it.
-        systemd sets up RuntimeDirectory= again for every command of the unit,
-        ExecReload's ``kill -HUP`` included: it finds the folder's group is
-        not root's and chowns the whole tree to root, and a controller started
-        by the reload could no longer reach the sockets."""
-        group, rd = self._socket_group, self.settings.runtime_dir
-        try:
-            if group is None or os.stat(rd).st_gid == group:
-                return
-            log.info("the runtime folder lost its group (systemd resets it on reload): giving it back to %d", group)
-            _share_with_group(rd, group)
-        except (OSError, InvalidRequestError) as exc:
-            log.error("cannot give the runtime folder back to group %d: %s", group, exc)
-
-    def _serve_requests(self, budget: int = 256) -> None:
-        """Answer up to ``budget`` queued requests, then let the loop breathe.
-        A peer that takes several replies in one message (a controller's
-        pipeline) gets this turn's answers to it together, in order."""
-        batches: dict[tuple[bytes, ...], list[bytes]] = {}
-        try:
-            self._serve_some(budget, batches)
-        finally:
-            if batches:
-                self._flush_events()  # watchers need not wait for the pipelined writers' answers
-            for envelope, answers in batches.items():
-                send_frames(self.router, [*envelope, *answers])
-
-    def _serve_some(self, budget: int, batches: dict[tuple[bytes, ...], list[bytes]]) -> None:
-        while budget > 0:
-            # Asking is cheaper than catching zmq.Again at the end of every batch.
-            if not has_input(self.router):
-                return
-            if self.settings.access_writers is not None:
-                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-                reader = local_access.read_only(remote_access.user_id(parts[-1]))
-                frames = [p.bytes for p in parts]
-            else:
-                frames, reader = self.router.recv_multipart(zmq.NOBLOCK), None
-            split = wire.split_envelope(frames)
-            if split is None:
-                budget -= 1
-                continue  # not a REQ envelope (nor a batch): nobody to answer
-            envelope, bodies = split
-            budget -= len(bodies)
-            for body in bodies:
-                answer = self.api.handle(body, functools.partial(self._responder, envelope), reader=reader)
-                if answer is not None and self.api.batched:
-                    batches.setdefault(tuple(envelope), []).append(answer)
-                elif answer is not None:
-                    send_frames(self.router, envelope + [answer])
-
-    def _serve_remote_requests(self, budget: int = 256) -> None:
-        """Requests from remote peers: each acts as its key's role allows."""
-        sock = self.remote_router
-        assert sock is not None
-        for _ in range(budget):
-            if not has_input(sock):
-                return
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            if len(frames) < 3 or frames[-2].bytes != b"":
-                continue
-            peer = RemotePeer.parse(remote_access.user_id(frames[-1]))
-            if peer is None:
-                continue  # no ZAP identity: cannot happen on a CURVE socket, but never serve one
-            envelope = [f.bytes for f in frames[:-1]]
-            answer = self.api.handle(frames[-1].bytes, functools.partial(self._responder, envelope, sock=sock),
-                                     remote=peer)
-            if answer is not None:
-                send_frames(sock, envelope + [answer])
-
-    def _responder(self, envelope: list[bytes], rid: str, *,
-                   sock: "zmq.Socket[bytes] | None" = None) -> Callable[[Reply], None]:
-        out = sock if sock is not None else self.router
-
-        def respond(reply: Reply) -> None:
-            reply.rid = rid
-            send_frames(out, envelope + [wire.encode_reply(reply)])
-        return respond
 
     def _shutdown(self) -> None:
         for slot in self.supervision.slots.values():
@@ -574,11 +469,7 @@ class Supervisor:
                 sock.close(linger=0)
         if getattr(self, "ctx", None) is not None:
             self.ctx.term()
-        for name in (wire.API_SOCKET, wire.EVENTS_SOCKET, "admin.token"):
-            try:
-                (self.settings.runtime_dir / name).unlink()
-            except FileNotFoundError:
-                pass
+        rundir.remove_endpoints(self.settings.runtime_dir)
         if getattr(self, "remote", None) is not None:
             self.remote.close()
         for st in self._etcd:
@@ -586,26 +477,4 @@ class Supervisor:
         store = getattr(getattr(getattr(self, "state", None), "local", None), "_store", None)
         if store is not None:
             store.close()
-
-
-def _drain(sock: "zmq.Socket[bytes]", budget: int = 256) -> None:
-    for _ in range(budget):
-        try:
-            sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-
-
-def _share_with_group(rd: Path, gid: int) -> None:
-    """Let the members of ``gid`` (``[access] group``) use the sockets as
-    local users: the folder 0750 and the sockets 0660, in that group. The
-    admin token stays 0600, the supervisor's alone."""
-    for path, mode in ((rd, 0o750), (rd / wire.API_SOCKET, 0o660), (rd / wire.EVENTS_SOCKET, 0o660)):
-        try:
-            os.chown(path, -1, gid)
-            os.chmod(path, mode)
-        except OSError as exc:
-            raise InvalidRequestError(f"[access] group {gid}: cannot give {path} to it: {exc.strerror} "
-                                      "(the supervisor must be root or a member of that group)") from None
-
 
