@@ -71,8 +71,13 @@ def bind(ctx: "zmq.Context[zmq.Socket[bytes]]", config: RemoteAccess,
         sock.curve_publickey = keys.public.encode()
         sock.curve_secretkey = keys.secret.encode()
         sock.zap_domain = ZAP_DOMAIN
-    router.bind(config.requests)
-    pub.bind(config.events)
+    try:
+        router.bind(config.requests)
+        pub.bind(config.events)
+    except zmq.ZMQError:
+        router.close(linger=0)  # the context cannot end while they are open
+        pub.close(linger=0)
+        raise
     return router, pub
 
 

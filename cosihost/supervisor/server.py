@@ -1,4 +1,4 @@
-"""The supervisor process: sockets, signals and the main loop.
+"""The supervisor process: its loop, signals, and what it hosts for the Api.
 
 One thread owns the state, the ROUTER socket (requests) and the XPUB socket
 (events); nothing else touches them, so no lock is needed around state
@@ -8,7 +8,8 @@ made in :mod:`supervision`.
 
 Who may read which events is decided in :mod:`events_gate`; requests are
 read and answered in :mod:`requests`; the runtime folder (its lock, the
-admin token, the sockets' group) is :mod:`rundir`'s.
+admin token, the sockets' group) is :mod:`rundir`'s; the sockets are made in
+:mod:`sockets`.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from ..errors import InvalidRequestError
 from ..frames import send_frames
 from ..state import InMemoryState, SqliteStore
 from ..state.router import NamespaceRouter, group_by_config, matches
-from ..keys import server_keys
-from ..settings import RemoteAccess, Settings
+from ..settings import Settings
 from ..state.events import Record
 from ..wire import Reply
 from . import limits as limits_mod
-from . import local_access, processes, remote_access, rundir
+from . import processes, rundir, sockets
 from .api import Api
-from .events_gate import ZAP_ENDPOINT, EventsGate
+from .events_gate import EventsGate
 from .metrics import Figures
 from .outbox import EventOutbox
 from .requests import RequestServer, drain
@@ -144,32 +144,12 @@ class Supervisor:
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
+        watch = self.metrics.watch_subscribers if self.metrics is not None else None
+        # Before anything can fail: _close closes what was made.
+        self.sockets = sockets.bind(self.ctx, self.settings, before_bind=watch)
+        self.router, self.zap, self.pub = self.sockets.router, self.sockets.zap, self.sockets.pub
+        self.remote_router, self.remote_pub = self.sockets.remote_router, self.sockets.remote_pub
         rd = self.settings.runtime_dir
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES)
-        self.router.setsockopt(zmq.LINGER, 0)
-        # The ZAP handler first: no subscriber may connect before it can be asked about.
-        self.zap = self.ctx.socket(zmq.REP)
-        self.zap.setsockopt(zmq.LINGER, 0)
-        self.zap.bind(ZAP_ENDPOINT)
-        self.pub = self.ctx.socket(zmq.XPUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, self.settings.timing.publisher_hwm)
-        self.pub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SUBSCRIPTION_BYTES)
-        # Manual: every (un)subscription comes up to the loop, none applies itself.
-        self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.pub.setsockopt(zmq.PLAIN_SERVER, 1)
-        self.pub.setsockopt(zmq.ZAP_DOMAIN, wire.EVENTS_ZAP_DOMAIN)
-        for name in (wire.API_SOCKET, wire.EVENTS_SOCKET):
-            path = rd / name
-            if path.exists():
-                path.unlink()  # stale, from a supervisor that died; the lock says none runs
-        if self.metrics is not None:  # before the bind: every connection is seen
-            self.metrics.watch_subscribers(self.pub)
-        if self.settings.access_writers is not None:  # who each local connection is: ZAP
-            self.router.setsockopt(zmq.ZAP_DOMAIN, local_access.ZAP_DOMAIN)
-        self.router.bind(f"ipc://{rd / wire.API_SOCKET}")
-        self.pub.bind(f"ipc://{rd / wire.EVENTS_SOCKET}")
         iso = self.settings.isolation
         group = iso.group if iso is not None else self.settings.access_group
         self._socket_group = group
@@ -177,20 +157,6 @@ class Supervisor:
             rundir.share_with_group(rd, group)
         if iso is not None:
             iso.open_runtime_dir(rd)
-        self.remote_router: "zmq.Socket[bytes] | None" = None
-        self.remote_pub: "zmq.Socket[bytes] | None" = None
-        if self.settings.remote is not None:
-            self._bind_remote(self.settings.remote)
-
-    def _bind_remote(self, config: RemoteAccess) -> None:
-        keys = server_keys(self.settings.state_dir)
-        try:
-            self.remote_router, self.remote_pub = remote_access.bind(self.ctx, config, keys)
-        except zmq.ZMQError as exc:
-            raise InvalidRequestError(f"[remote] listen {config.requests} (events on port {config.port + 1}): "
-                                      f"{exc}") from None
-        log.info("remote access on %s and %s (CURVE; server key %s; %d client key(s))",
-                 config.requests, config.events, keys.public, len(config.clients))
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -463,10 +429,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         self.notifier.close()
         self.limiter.close()
-        for name in ("router", "pub", "zap", "remote_router", "remote_pub"):
-            sock = getattr(self, name, None)
-            if sock is not None:
-                sock.close(linger=0)
+        if getattr(self, "sockets", None) is not None:
+            self.sockets.close()
         if getattr(self, "ctx", None) is not None:
             self.ctx.term()
         rundir.remove_endpoints(self.settings.runtime_dir)
