@@ -149,6 +149,8 @@ def writer(cls_name, name, link, run, index, ns=NS):
                             time.sleep(wait / 1e9)
                     t = time.monotonic_ns()
                     write(seq, t)
+                    if period:  # paced: wait for the reply, so "acked" is the acknowledgement
+                        rt.flush()
                     issued.append(t)
                     acked.append(time.monotonic_ns())
                 # Pipelined writes are acknowledged when the reconcile returns;
