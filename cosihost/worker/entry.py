@@ -58,7 +58,7 @@ def load_module(path: str, source: bytes | None = None, code: bytes | None = Non
     if code is not None:
         exec(marshal.loads(code), module.__dict__)
     elif source is not None:
-        exec(compile(source, str(file), "exec"), module.__dict__)
+        exec(compile(source, str(file), "exec", dont_inherit=True), module.__dict__)  # as an import compiles it
     else:
         spec.loader.exec_module(module)
     return module

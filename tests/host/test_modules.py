@@ -232,10 +232,14 @@ print(module.WHAT)
 """
 
 
-def _load_in_child(config) -> str:
+def _run_loader(config) -> subprocess.CompletedProcess:
     import msgpack
-    done = subprocess.run([sys.executable, "-c", LOADER], input=msgpack.packb(config),
+    return subprocess.run([sys.executable, "-c", LOADER], input=msgpack.packb(config),
                           capture_output=True, timeout=30)
+
+
+def _load_in_child(config) -> str:
+    done = _run_loader(config)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode().strip()
 
@@ -259,6 +263,14 @@ def test_controllers_start_from_code_the_supervisor_compiled_once(tmp_path):
     config = worker_config(slot, runtime_dir=tmp_path, timing=Timing())
     assert config["code"] is None and config["source"] == b"WHAT = 'edited'\n"
     assert _load_in_child(config) == "edited"
+
+    # Compiled in the controller as an import compiles it: none of the loader's
+    # own __future__ flags (annotations would be strings, and this would load).
+    module.write_text("WHAT: NotDefinedAnywhere = 'x'\n")
+    config = worker_config(slot, runtime_dir=tmp_path, timing=Timing())
+    assert config["source"] is not None
+    done = _run_loader(config)
+    assert done.returncode != 0 and b"NameError" in done.stderr
 
     module.write_text("WHAT = (\n")  # probed broken: the controller reports the error itself
     slot.digest = module_digest(module)
