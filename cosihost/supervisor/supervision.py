@@ -1,16 +1,16 @@
-"""The supervision policy: which controllers run, and what happens when one dies.
+"""The supervision policy: what happens to a controller's process, from start to death.
 
 This module decides; the main loop (``server``) only carries messages and
-signals to it. It keeps one :class:`Slot` per controller name, accepts or
-refuses declarations, hands out tokens at registration, restarts dead
-processes with exponential backoff, kills hung ones, and answers restart and
-reload requests once their work is done. Its view is published as
+signals to it. It keeps one :class:`Slot` per controller name, hands out
+tokens at registration, restarts dead processes with exponential backoff,
+kills hung ones, and answers restart and reload requests once their work is
+done. Which declarations become slots is decided apart, in :mod:`.admission`
+(a mixin of :class:`Supervision`). Its view is published as
 ``ControllerStatuses`` resources in the ``runtime`` namespace.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import subprocess
@@ -24,8 +24,9 @@ from .. import wire
 from ..wire import Reply
 from . import processes
 from .access import Caller
-from .limits import PLACEMENT_FAILED_EXIT, Limiter, parse_limits
-from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, ProbeResult, Slot
+from .admission import Admission, Refusal, scan_changes
+from .limits import PLACEMENT_FAILED_EXIT, Limiter
+from .processes import BACKOFF, CRASH_LOOP, REFUSED, RUNNING, STARTING, STOPPED, Slot
 from ..worker.identity import IDENTITY_FAILED_EXIT
 from . import orphans, ratelimit
 from .registry import Declaration, Registry
@@ -38,23 +39,7 @@ log = logging.getLogger("cosihost.supervisor")
 Respond = Callable[[Reply], None]
 
 
-
-@dataclasses.dataclass
-class Refusal:
-    """A controller declaration that was refused, why, and under which status id."""
-
-    result: ProbeResult
-    data: dict[str, Any]
-    status_id: str
-    why: str = ""
-
-
-def _changes() -> dict[str, Any]:
-    """What a scan did, filled in as it goes (see :meth:`Supervision.apply_probes`)."""
-    return {"started": [], "restarted": [], "stopped": []}
-
-
-class Supervision:
+class Supervision(Admission):
     def __init__(self, settings: Settings, registry: Registry, status: StatusWriter,
                  limiter: Limiter) -> None:
         self.settings = settings
@@ -65,10 +50,7 @@ class Supervision:
         self.slots: dict[str, Slot] = {}
         #: Write rate limits by controller name (see ratelimit).
         self.buckets: dict[str, ratelimit.TokenBucket] = {}
-        self.module_errors: dict[Path, tuple[str, str]] = {}  # module -> (digest, error)
-        # "module.py:Class" -> (module, digest, id of its refused status)
-        #: source -> the refused declaration, kept to be admitted again once
-        #: what stood in its way is gone.
+        self.module_errors: dict[Path, tuple[str, str]] = {}
         self.refused: dict[str, Refusal] = {}
         self.tokens: dict[str, str] = {}
         #: Event subscriptions granted to controllers, and those revoked.
@@ -77,147 +59,7 @@ class Supervision:
         self._next_refresh = 0.0
         self.zygote: Zygote | None = None
 
-    # -- declarations --------------------------------------------------------
-    def apply_probes(self, results: list[ProbeResult], *, stopped: list[str] | None = None) -> dict[str, Any]:
-        """Start, restart or refuse controllers from a batch of probes, in a
-        stable order so the same module wins a conflict every time.
-
-        Returns what the scan did: the controllers ``started``,
-        ``restarted`` and ``stopped`` (``stopped`` begins with those of the
-        modules that went, see :meth:`drop_missing`), then every controller
-        still ``refused`` and module still ``failed`` after it, with
-        ``reasons`` (name -> why), so a reload never looks clean while
-        something is broken."""
-        summary = _changes()
-        summary["stopped"].extend(stopped or [])
-        for result in sorted(results, key=lambda r: str(r.module)):
-            summary["stopped"].extend(
-                self._retire_module(result.module, keep={d.get("name") for d in result.declarations}))
-            self._unrefuse(result.module)
-            names = [str(d.get("name")) for d in result.declarations]
-            twice = sorted({n for n in names if names.count(n) > 1})
-            if twice and not result.error:
-                result.error = f"declares controller name(s) {', '.join(map(repr, twice))} more than once"
-            if result.error:
-                self.module_errors[result.module] = (result.digest, result.error)
-                self.status.module_failed(result.module, result.error)
-                log.error("controller module %s: %s", result.module.name, result.error)
-                continue
-            if self.module_errors.pop(result.module, None):
-                self.status.module_cleared(result.module)
-            for data in result.declarations:
-                self._admit(result, data, summary)
-        self._admit_refused(summary, probed={r.module for r in results})
-        if self.settings.isolation is not None:
-            seen = [*self.slots, *(str(r.data.get("name")) for r in self.refused.values())]
-            for name in self.settings.isolation.unknown_tables(seen):
-                log.warning('config: [isolation.controllers."%s"] names no controller', name)
-        return {**summary, **self.standing()}
-
-    def standing(self) -> dict[str, Any]:
-        """The refused controllers (by status id) and failed modules now, and why."""
-        refused = {r.status_id: r.why for r in self.refused.values()}
-        failed = {m.name: error for m, (_digest, error) in self.module_errors.items()}
-        return {"refused": sorted(refused), "failed": sorted(failed), "reasons": {**refused, **failed}}
-
-    def drop_missing(self, modules: list[Path]) -> list[str]:
-        """Stop the controllers of modules no longer in the folder and forget
-        their refusals and failures; returns the controllers stopped."""
-        stopped = []
-        for gone in set(self.known_digests()) - set(modules):
-            for slot in [s for s in self.slots.values() if s.module == gone and s.state != STOPPED]:
-                self.remove(slot.name)
-                stopped.append(slot.name)
-            self.forget_module(gone)
-        return sorted(stopped)
-
-    def _admit_refused(self, summary: dict[str, list[str]], *, probed: set[Path]) -> None:
-        """Try again the refusals of modules that were not probed again: what
-        they conflicted with may have gone or changed since."""
-        for source, refusal in list(self.refused.items()):
-            if refusal.result.module in probed:
-                continue
-            del self.refused[source]
-            if refusal.status_id not in self.slots:
-                self.status.removed(refusal.status_id)
-            self._admit(refusal.result, refusal.data, summary, again=True)
-
-    def _admit(self, result: ProbeResult, data: dict[str, Any], summary: dict[str, list[str]], *,
-               again: bool = False) -> None:
-        """Start (or restart) a declared controller, or refuse it saying why;
-        ``again``: a refusal tried anew, which stays quiet if still refused."""
-        source = f"{result.module.name}:{data.get('class')}"
-        name = data.get("name") or source
-        existing = self.slots.get(name)
-        try:
-            decl = Declaration.from_wire(data, source=source)
-            limits, bucket = ratelimit.split(name, {**decl.limits, **self.settings.limits.get(name, {})})
-            parse_limits(name, limits)
-            iso = self.settings.isolation
-            others = [(n, s.decl) for n, s in self.slots.items() if s.decl is not None]
-            denied = iso.refusal(name, decl, others) if iso is not None else None
-            if denied:
-                raise InvalidRequestError(denied)
-            why = self.registry.conflict(decl, replacing=name if existing and existing.module == result.module else None)
-        except InvalidRequestError as exc:
-            decl, why = None, str(exc)
-        if existing is not None and existing.module != result.module:
-            why = why or f"controller name {name!r} is taken: {source} and {existing.module.name}:{existing.cls}"
-        if why:
-            if not again:
-                log.error("refused %s: %s", source, why)
-            # The name's status belongs to the controller running under it, if any.
-            status_id = name if existing is None else source
-            self.status.refused(status_id, source, why)
-            self.refused[source] = Refusal(result, data, status_id, why)
-            return
-        assert decl is not None
-        self.registry.accept(decl)
-        if bucket is not None:
-            self.buckets[name] = bucket
-        else:
-            self.buckets.pop(name, None)
-        self.status.definitions(decl)
-        if existing is not None:
-            existing.decl, existing.cls, existing.digest = decl, data["class"], result.digest
-            existing.declared_inputs = list(decl.inputs)
-            summary["restarted"].append(name)
-            self.restart(name, None)
-            return
-        slot = Slot(name, result.module, data["class"], result.digest, decl, declared_inputs=list(decl.inputs))
-        self.slots[name] = slot
-        summary["started"].append(name)
-        self._start(slot)
-
-    def forget_module(self, module: Path) -> None:
-        """A module is gone or about to be probed again: drop what it left."""
-        self._unrefuse(module)
-        if self.module_errors.pop(module, None):
-            self.status.module_cleared(module)
-
-    def _unrefuse(self, module: Path) -> None:
-        """Forget the module's refusals (it changed or went): and their statuses."""
-        for source, refusal in list(self.refused.items()):
-            if refusal.result.module == module:
-                del self.refused[source]
-                if refusal.status_id not in self.slots:
-                    self.status.removed(refusal.status_id)
-
-    def known_digests(self) -> dict[Path, str]:
-        """The digest of every module seen: running, refused or failed."""
-        known = {s.module: s.digest for s in self.slots.values()}
-        known.update({r.result.module: r.result.digest for r in self.refused.values()})
-        known.update({m: d for m, (d, _e) in self.module_errors.items()})
-        return known
-
-    def _retire_module(self, module: Path, *, keep: set[Any]) -> list[str]:
-        """Stop controllers a changed module no longer defines; returns them."""
-        gone = [s.name for s in self.slots.values() if s.module == module and s.name not in keep
-                and s.state != STOPPED]
-        for name in gone:
-            self.remove(name)
-        return gone
-
+    # -- leaving ---------------------------------------------------------------
     def remove(self, name: str) -> None:
         slot = self.slots.get(name)
         if slot is None:
@@ -240,7 +82,7 @@ class Supervision:
                 orphans.destroy_outputs(self.status.state, slot.decl)
             self.status.definitions_gone(slot.decl, self.registry.all())
         if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
-            self._admit_refused(_changes(), probed=set())
+            self._admit_refused(scan_changes(), probed=set())
 
     # -- processes -------------------------------------------------------------
     def _start(self, slot: Slot) -> None:
