@@ -181,6 +181,8 @@ class Supervisor:
         """Into this turn's outbox: sent by :meth:`_flush_events` before the loop waits."""
         self.outbox.add(namespace, type, record)
         self.published += 1
+        if self.supervision.orphans.watching:
+            self.supervision.orphans.saw(namespace, type, record)
 
     def _flush_events(self) -> None:
         if self.outbox:
@@ -379,6 +381,7 @@ class Supervisor:
             if self.remote_pub is not None and self.remote_pub in events:
                 drain(self.remote_pub)  # remote roles read everything: subscriptions apply themselves
             self._flush_events()  # the requests' events leave before the housekeeping
+            self.supervision.orphans.destroy_released()
             if woke or self.supervision.stopping:
                 self.supervision.reap()
                 next_house = 0.0  # a restart may be due at once; statuses changed

@@ -58,6 +58,8 @@ class Supervision(Admission):
         self.stopping = False
         self._next_refresh = 0.0
         self.zygote: Zygote | None = None
+        #: A removed controller's outputs that finalizers held ([controllers] removed_outputs = "destroy").
+        self.orphans = orphans.Orphans(status.state, active=lambda name: name in self.slots)
 
     # -- leaving ---------------------------------------------------------------
     def remove(self, name: str) -> None:
@@ -79,7 +81,7 @@ class Supervision(Admission):
         self.status.removed(slot.name)
         if slot.decl is not None:
             if self.settings.removed_outputs == orphans.DESTROY:
-                orphans.destroy_outputs(self.status.state, slot.decl)
+                self.orphans.destroy_outputs(slot.decl)
             self.status.definitions_gone(slot.decl, self.registry.all())
         if self.refused and not self.stopping:  # its name or outputs may be what a refusal waited for
             self._admit_refused(scan_changes(), probed=set())

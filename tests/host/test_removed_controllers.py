@@ -14,6 +14,7 @@ from cosihost.testing import process_gone, wait_for
 from test_supervision import FAST
 
 THINGS = "Things.test.cosihost.dev"
+OTHERS = "Others.test.cosihost.dev"
 DEFINITIONS = "ResourceDefinitions.meta.cosihost.dev"
 MAKER = f'''
 from cosihost import Controller, Output, ResourceDefinition
@@ -43,9 +44,9 @@ def _remove(sup, module: str, name: str) -> None:
     wait_for(lambda: name not in sup.statuses(), message="its status to go")
 
 
-def _ids(sup) -> list[str]:
+def _ids(sup, namespace: str = "made", type: str = THINGS) -> list[str]:
     with sup.client() as c:
-        return [r.metadata.id for r in c.list("made", THINGS)]
+        return [r.metadata.id for r in c.list(namespace, type)]
 
 
 def test_kept_outputs_stay_findable_by_alias_under_an_orphaned_definition(supervisor_factory) -> None:
@@ -75,3 +76,35 @@ def test_destroy_removes_what_nobody_holds(supervisor_factory) -> None:
         assert held.metadata.phase == "tearing-down" and held.metadata.finalizers == ["someone.Else"]
         definition = c.get("meta", DEFINITIONS, THINGS).spec     # "b" is left: still findable
     assert definition["orphaned"] is True
+    # Its last finalizer gone, the supervisor destroys it: nobody else may.
+    with sup.client(admin=True) as admin:
+        admin.remove_finalizer("made", THINGS, "b", "someone.Else")
+    wait_for(lambda: _ids(sup) == [], message="the released output destroyed")
+
+
+def test_a_returning_controller_keeps_what_it_owned_when_released(supervisor_factory) -> None:
+    """A held output is the controller's again once a controller of that name
+    runs: its release then destroys nothing (another removed controller's
+    output, released after it, is destroyed: the release was seen)."""
+    other = (MAKER.replace("test.Maker", "test.Other").replace(THINGS, OTHERS).replace("Maker(", "Other(")
+             .replace('"thing", "things"', '"other", "others"'))
+    sup = supervisor_factory(config=FAST + "[controllers]\nremoved_outputs = \"destroy\"\n",
+                             controllers={"maker": MAKER, "other": other.replace('"made"', '"other"')})
+    wait_for(lambda: _ids(sup) == ["a", "b", "c"] and _ids(sup, "other", OTHERS) == ["a", "b", "c"],
+             message="the outputs")
+    with sup.client(admin=True) as admin:
+        admin.add_finalizer("made", THINGS, "b", "someone.Else")
+        admin.add_finalizer("other", OTHERS, "b", "someone.Else")
+    _remove(sup, "maker.py", "test.Maker")
+    _remove(sup, "other.py", "test.Other")
+    wait_for(lambda: _ids(sup) == ["b"] and _ids(sup, "other", OTHERS) == ["b"], message="the unheld destroyed")
+    sup.write_controller("maker", MAKER)
+    with sup.client() as c:
+        c.call("reload")
+    wait_for(lambda: "a" in _ids(sup), message="the maker back, writing its outputs again")
+    with sup.client(admin=True) as admin:
+        admin.remove_finalizer("made", THINGS, "b", "someone.Else")
+        admin.remove_finalizer("other", OTHERS, "b", "someone.Else")
+    wait_for(lambda: _ids(sup, "other", OTHERS) == [], message="the other's released output destroyed")
+    with sup.client() as c:  # its owner runs: it is the owner's to destroy, not the supervisor's
+        assert c.get("made", THINGS, "b").metadata.finalizers == []
