@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ...errors import InvalidRequestError, NotFoundError, UnavailableError
 from ...resource import PHASE_RUNNING, Resource, unpack
 from ..events import Record
-from ..inmemory import _check_kind, _check_owner, _checked_finalizers, recorded_in_transaction
+from ..arguments import _check_kind, _check_owner, _checked_finalizers
+from ..inmemory import recorded_in_transaction
 from ..modify import modify_spec
 from ..txn import Key, Op
 from . import keys
