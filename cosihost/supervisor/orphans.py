@@ -96,6 +96,8 @@ class Orphans:
 
     def destroy_released(self) -> None:
         """Destroy what :meth:`saw` released (on the loop, after its turn's writes)."""
+        if not self._released:
+            return
         released, self._released = self._released, []
         for key in released:
             owner = self.held.pop(key, None)
