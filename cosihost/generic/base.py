@@ -44,12 +44,13 @@ def caller_module(depth: int = 2) -> str:
 
 def build_class(name: str, base: type, attrs: dict[str, Any], *, module: str | None,
                 definitions: Sequence[ResourceDefinition], limits: dict[str, Any] | None,
-                capabilities: Sequence[str] = ()) -> type:
+                capabilities: Sequence[str] = (), user: str = "") -> type:
     if not name:
         raise ValueError("a controller needs a name")
     cls_name = re.sub(r"\W", "_", name.rsplit(".", 1)[-1]) or "Generic"
     attrs.update(name=name, __module__=module or caller_module(3), __qualname__=cls_name,
-                 definitions=list(definitions), limits=dict(limits or {}), capabilities=list(capabilities))
+                 definitions=list(definitions), limits=dict(limits or {}), capabilities=list(capabilities),
+                 user=user)
     return type(cls_name, (base,), attrs)
 
 

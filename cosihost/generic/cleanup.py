@@ -43,7 +43,7 @@ class CleanupController(Controller):
 
 def cleanup(*, name: str, input: tuple[str, str], finalizer_removal: FinalizerRemovalFn,
             extra_inputs: Sequence[Input] = (), outputs: Sequence[Output] = (),
-            capabilities: Sequence[str] = (), definitions: Sequence[ResourceDefinition] = (),
+            capabilities: Sequence[str] = (), user: str = "", definitions: Sequence[ResourceDefinition] = (),
             limits: Mapping[str, Any] | None = None, module: str | None = None) -> type[CleanupController]:
     """A controller putting its finalizer on every ``input`` resource and
     removing it from one being deleted once ``finalizer_removal(rt, res)``
@@ -53,7 +53,7 @@ def cleanup(*, name: str, input: tuple[str, str], finalizer_removal: FinalizerRe
     attrs = {"watched": kind, "check": (finalizer_removal,),
              "inputs": [Input(*kind, kind="strong"), *extra_inputs], "outputs": list(outputs)}
     return build_class(name, CleanupController, attrs, module=module, definitions=definitions,
-                       limits=dict(limits or {}), capabilities=capabilities)
+                       limits=dict(limits or {}), capabilities=capabilities, user=user)
 
 
 def has_no_outputs(namespace: str, type: str, labels: Callable[[Resource], str | Sequence[str]]) -> FinalizerRemovalFn:

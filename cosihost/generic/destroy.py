@@ -51,7 +51,7 @@ class DestroyController(QController):
 
 
 def destroy(*, name: str, output: tuple[str, str], concurrency: int = 1, output_kind: str = "exclusive",
-            capabilities: Sequence[str] = (), definitions: Sequence[ResourceDefinition] = (),
+            capabilities: Sequence[str] = (), user: str = "", definitions: Sequence[ResourceDefinition] = (),
             limits: Mapping[str, Any] | None = None, module: str | None = None) -> type[DestroyController]:
     """A queue controller owning ``output`` (namespace, type) that destroys
     each of its resources there once it is tearing down and no finalizer
@@ -61,4 +61,4 @@ def destroy(*, name: str, output: tuple[str, str], concurrency: int = 1, output_
              "primary": [Input(*kind, kind="destroy-ready")], "mapped": [],
              "outputs": [Output(kind[1], kind=output_kind)]}
     return build_class(name, DestroyController, attrs, module=module, definitions=definitions,
-                       limits=dict(limits or {}), capabilities=capabilities)
+                       limits=dict(limits or {}), capabilities=capabilities, user=user)

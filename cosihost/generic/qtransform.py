@@ -113,7 +113,7 @@ def qtransform(*, name: str, input: tuple[str, str], output: tuple[str, str], tr
                finalizer_removal: FinalizerRemovalFn | None = None,
                mapped: Mapping[Input, MapperFn] | None = None, extra_outputs: Sequence[Output] = (),
                output_kind: str = "exclusive", concurrency: int = 1, on_shutdown: ShutdownFn | None = None,
-               capabilities: Sequence[str] = (), definitions: Sequence[ResourceDefinition] = (),
+               capabilities: Sequence[str] = (), user: str = "", definitions: Sequence[ResourceDefinition] = (),
                limits: Mapping[str, Any] | None = None, module: str | None = None) -> type[QTransformController]:
     """A queue controller writing one ``output`` (namespace, type) per
     ``input`` (namespace, type) resource, one input per reconcile.
@@ -136,4 +136,4 @@ def qtransform(*, name: str, input: tuple[str, str], output: tuple[str, str], tr
              "mapped": [Input(*out_kind, kind="destroy-ready"), *extra],
              "outputs": [Output(out_kind[1], kind=output_kind), *extra_outputs]}
     return build_class(name, QTransformController, attrs, module=module, definitions=definitions,
-                       limits=dict(limits or {}), capabilities=capabilities)
+                       limits=dict(limits or {}), capabilities=capabilities, user=user)

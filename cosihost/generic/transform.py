@@ -115,7 +115,7 @@ def transform(*, name: str, input: tuple[str, str], output: tuple[str, str], tra
               input_labels: str | Sequence[str] | None = None, input_id_regex: str | None = None,
               extra_inputs: Sequence[Input] = (), extra_outputs: Sequence[Output] = (),
               output_kind: str = "exclusive", on_shutdown: ShutdownFn | None = None,
-              capabilities: Sequence[str] = (), definitions: Sequence[ResourceDefinition] = (),
+              capabilities: Sequence[str] = (), user: str = "", definitions: Sequence[ResourceDefinition] = (),
               limits: Mapping[str, Any] | None = None, module: str | None = None) -> type[TransformController]:
     """A controller class writing one ``output`` (namespace, type) per
     ``input`` (namespace, type) resource.
@@ -141,4 +141,4 @@ def transform(*, name: str, input: tuple[str, str], output: tuple[str, str], tra
     attrs = {"settings": settings, "inputs": inputs + list(extra_inputs),
              "outputs": [Output(out_kind[1], kind=output_kind), *extra_outputs]}
     return build_class(name, TransformController, attrs, module=module, definitions=definitions,
-                       limits=dict(limits or {}), capabilities=capabilities)
+                       limits=dict(limits or {}), capabilities=capabilities, user=user)

@@ -126,3 +126,24 @@ def test_a_controller_table_grants_and_denies_capabilities(supervisor_factory, c
     assert statuses["test.Denied"]["reason"] == \
         'test.Denied declares CAP_NET_ADMIN, which [isolation.controllers."test.Denied"] deny refuses'
     assert 'config: [isolation.controllers."test.Grnated"] names no controller' in capfd.readouterr().err
+
+
+GENERIC = '''
+from cosihost import generic
+
+Built = generic.transform(
+    name="test.Built", input=("gin", "GenericIns.test.cosihost.dev"),
+    output=("gout", "GenericOuts.test.cosihost.dev"), transform=lambda rt, inp, out: out.spec.update(ok=True),
+    user={user!r})
+'''
+
+
+def test_a_generic_builder_names_the_user_too(supervisor_factory) -> None:
+    """``user=`` of a generic builder is the class attribute of a hand-written
+    controller: the built controller runs as that account."""
+    (account,) = _accounts(1)
+    sup = supervisor_factory(config=_config({}), controllers={"built": GENERIC.format(user=account.pw_name)})
+    pid = sup.controller_pid("test.Built")
+    assert _proc_status(pid)["Uid"].split() == [str(account.pw_uid)] * 4
+    iso = sup.statuses()["test.Built"]["isolation"]
+    assert (iso["mode"], iso["user"]) == ("user", account.pw_name)
