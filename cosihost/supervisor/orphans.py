@@ -103,8 +103,7 @@ class Orphans:
             owner = self.held.pop(key, None)
             if owner is None or self._active(owner):
                 continue
-            namespace, type, rid = key
-            if self.state.remote(namespace):
+            if self.state.remote(key[0]):  # etcd: each write waits on the network
                 threading.Thread(target=_destroy_one, args=(self.state, owner, key), daemon=True,
                                  name=f"output of {owner}").start()
             else:
